@@ -1,0 +1,34 @@
+"""tinypft: parameter-efficient fine-tuning (BitFit, Prefix-Tuning, Prompt-Tuning) built from first principles."""
+
+__version__ = "0.1.0"
+
+from .engine import (  # noqa: E402
+    Function,
+    GradcheckError,
+    Tensor,
+    default_dtype,
+    get_default_dtype,
+    gradcheck,
+    manual_seed,
+    no_grad,
+    set_default_dtype,
+)
+from .engine.ops import (  # noqa: E402
+    concat,
+    embedding,
+    exp,
+    gelu,
+    log,
+    matmul,
+    relu,
+    sqrt,
+    stack,
+    tanh,
+    where,
+)
+
+__all__ = [
+    "Function", "GradcheckError", "Tensor", "__version__", "concat", "default_dtype", "embedding", "exp",
+    "gelu", "get_default_dtype", "gradcheck", "log", "manual_seed", "matmul", "no_grad", "relu",
+    "set_default_dtype", "sqrt", "stack", "tanh", "where",
+]

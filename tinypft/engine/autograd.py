@@ -1,0 +1,400 @@
+"""Reverse-mode automatic differentiation over NumPy arrays.
+
+Three ideas make the whole engine:
+
+1. A ``Tensor`` wraps an ``np.ndarray`` (``.data``) and, when it needs one, a gradient (``.grad``).
+2. Every operation is a ``Function`` with ``forward`` (arrays in, array out) and ``backward``
+   (the gradient of the output in, the gradients of the inputs out) written side by side.
+   ``Function.apply`` runs ``forward`` and, if any input requires a gradient, records a ``Node``
+   that remembers the function, its context and its inputs.
+3. ``Tensor.backward`` sorts the recorded graph topologically (iteratively: no recursion limit)
+   and applies the chain rule from the output back to the leaves:
+
+       dL/dx = sum over the uses y = f(x, ...) of  f.backward(dL/dy)[x]
+
+Gradients of inputs that do not require one are never computed: ``ctx.needs_input_grad`` tells
+each backward which of its inputs to skip, so a frozen weight costs no weight-gradient matmul.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- global state
+
+_default_dtype: np.dtype = np.dtype(np.float32)
+_grad_enabled: bool = True
+
+
+def set_default_dtype(dtype: Any) -> None:
+    """Set the float dtype new tensors get (float32 for training, float64 for gradient checks)."""
+    global _default_dtype
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"default dtype must be float32 or float64, got {dtype}")
+    _default_dtype = dtype
+
+
+def get_default_dtype() -> np.dtype:
+    """The float dtype new tensors get."""
+    return _default_dtype
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: Any) -> Iterator[None]:
+    """Context manager: ``with default_dtype(np.float64): ...`` then restore the previous one."""
+    previous = _default_dtype
+    set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        set_default_dtype(previous)
+
+
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
+    """Inside this block no graph is recorded (inference, evaluation, optimizer updates)."""
+    global _grad_enabled
+    previous = _grad_enabled
+    _grad_enabled = False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+# ----------------------------------------------------------------------------- functions
+
+
+class Context:
+    """What ``forward`` hands to ``backward``: saved arrays and any other values it needs."""
+
+    def __init__(self, needs_input_grad: tuple[bool, ...]):
+        self.needs_input_grad = needs_input_grad
+        self.saved: tuple[Any, ...] = ()
+
+    def save_for_backward(self, *values: Any) -> None:
+        self.saved = values
+
+
+class Function:
+    """An operation with its derivative. Subclasses define two static methods:
+
+    ``forward(ctx, *arrays, **options) -> np.ndarray``
+    ``backward(ctx, grad_out) -> tuple[np.ndarray | None, ...]`` (one entry per tensor input;
+    ``None`` where ``ctx.needs_input_grad`` is False).
+    """
+
+    @staticmethod
+    def forward(ctx: Context, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx: Context, grad_out: np.ndarray) -> tuple[np.ndarray | None, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs: Tensor, **kwargs: Any) -> Tensor:
+        """Run forward on the inputs' arrays; record a graph node if a gradient is needed."""
+        _check_same_float_dtype(cls.__name__, inputs)
+        needs = tuple(t.requires_grad for t in inputs)
+        record = _grad_enabled and any(needs)
+        ctx = Context(needs)
+        out = Tensor._wrap(cls.forward(ctx, *(t.data for t in inputs), **kwargs))
+        if record:
+            out.requires_grad = True
+            out._node = Node(cls, ctx, inputs)
+        return out
+
+
+class Node:
+    """One recorded application of a Function: how the tensor that owns it was computed."""
+
+    __slots__ = ("fn", "ctx", "inputs")
+
+    def __init__(self, fn: type[Function], ctx: Context, inputs: Sequence[Tensor]):
+        self.fn, self.ctx, self.inputs = fn, ctx, tuple(inputs)
+
+
+class _Released:
+    """Stands in for a node whose saved arrays were freed by ``backward``."""
+
+
+RELEASED = _Released()
+
+
+def _check_same_float_dtype(op: str, inputs: Sequence[Tensor]) -> None:
+    floats = {t.data.dtype for t in inputs if t.data.dtype.kind == "f"}
+    if len(floats) > 1:
+        names = " and ".join(sorted(str(d) for d in floats))
+        raise TypeError(f"{op}: cannot mix dtypes {names}; convert one side with .astype()")
+
+
+# ----------------------------------------------------------------------------- tensor
+
+
+class Tensor:
+    """An n-dimensional array that can record how it was computed and backpropagate through it.
+
+    Float data gets the default dtype (float32 unless ``set_default_dtype`` changed it) unless
+    ``dtype`` is given; integer data (token ids) stays integer and can never require a gradient.
+    """
+
+    __array_priority__ = 1000  # so that `ndarray + Tensor` calls Tensor.__radd__
+
+    def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None):
+        if isinstance(data, Tensor):
+            data = data.data
+        array = np.asarray(data, dtype=dtype)
+        if dtype is None and array.dtype.kind not in "iub":  # floats of any width become the default
+            array = array.astype(_default_dtype, copy=False)
+        self.data: np.ndarray = array
+        self.grad: np.ndarray | None = None
+        self._requires_grad = False
+        self._node: Node | _Released | None = None
+        self.requires_grad = requires_grad
+
+    @classmethod
+    def _wrap(cls, array: np.ndarray) -> Tensor:
+        """Wrap a result array as-is (no dtype conversion): the ops' outputs."""
+        t = cls.__new__(cls)
+        t.data, t.grad, t._requires_grad, t._node = array, None, False, None
+        return t
+
+    # -- gradient bookkeeping
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if value and self.data.dtype.kind != "f":
+            raise TypeError(f"only float tensors can require grad, this one is {self.data.dtype}")
+        self._requires_grad = bool(value)
+
+    def requires_grad_(self, value: bool = True) -> Tensor:
+        self.requires_grad = value
+        return self
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    def detach(self) -> Tensor:
+        """The same data, cut off from the graph."""
+        return Tensor._wrap(self.data)
+
+    def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
+
+        ``grad`` is dL/d(self); it may be omitted only when self is a scalar (then it is 1).
+        The graph's saved arrays are freed afterwards unless ``retain_graph`` is True.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (no graph was recorded)")
+        if isinstance(self._node, _Released):
+            raise RuntimeError(
+                "backward() through a graph that was already released; "
+                "call the first backward with retain_graph=True to backpropagate twice"
+            )
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() without a gradient needs a scalar output, this one has shape {self.shape}; "
+                    "pass grad= of the same shape (or reduce with .sum() first)"
+                )
+            grad = np.ones_like(self.data)
+        grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.data.dtype)
+        if grad.shape != self.shape:
+            raise ValueError(f"backward(): grad has shape {grad.shape} but the tensor has shape {self.shape}")
+
+        grads: dict[int, np.ndarray] = {id(self): grad}
+        for tensor in reversed(_topological_order(self)):
+            g = grads.pop(id(tensor), None)
+            node = tensor._node
+            if node is None:  # a leaf: accumulate into .grad
+                if g is not None:
+                    tensor.grad = g.copy() if tensor.grad is None else tensor.grad + g
+                continue
+            if isinstance(node, _Released):
+                raise RuntimeError("backward() reached a part of the graph that was already released")
+            if g is not None:
+                input_grads = node.fn.backward(node.ctx, g)
+                for inp, ig in zip(node.inputs, input_grads):
+                    if ig is None or not inp.requires_grad:
+                        continue
+                    if ig.shape != inp.shape:  # a bug in an op's backward, never the user's fault
+                        raise RuntimeError(f"{node.fn.__name__}.backward gave shape {ig.shape} for input {inp.shape}")
+                    key = id(inp)
+                    grads[key] = ig if key not in grads else grads[key] + ig
+            if not retain_graph:
+                tensor._node = RELEASED  # frees the saved arrays and the references to inputs
+
+    # -- conversions
+    def numpy(self) -> np.ndarray:
+        return self.data
+
+    def item(self) -> float:
+        return self.data.item()
+
+    def astype(self, dtype: Any) -> Tensor:
+        """A copy with another dtype (differentiable for float to float)."""
+        from . import ops
+
+        return ops.cast(self, np.dtype(dtype))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        body = np.array2string(self.data, precision=4, threshold=20, edgeitems=2, prefix="tensor(")
+        return f"tensor({body}, dtype={self.dtype}{grad})"
+
+    # -- operators: thin aliases of the functions in ops.py
+    def __add__(self, other: Any) -> Tensor:
+        return ops.add(self, other)
+
+    def __radd__(self, other: Any) -> Tensor:
+        return ops.add(other, self)
+
+    def __sub__(self, other: Any) -> Tensor:
+        return ops.sub(self, other)
+
+    def __rsub__(self, other: Any) -> Tensor:
+        return ops.sub(other, self)
+
+    def __mul__(self, other: Any) -> Tensor:
+        return ops.mul(self, other)
+
+    def __rmul__(self, other: Any) -> Tensor:
+        return ops.mul(other, self)
+
+    def __truediv__(self, other: Any) -> Tensor:
+        return ops.div(self, other)
+
+    def __rtruediv__(self, other: Any) -> Tensor:
+        return ops.div(other, self)
+
+    def __neg__(self) -> Tensor:
+        return ops.neg(self)
+
+    def __pow__(self, exponent: float) -> Tensor:
+        return ops.pow(self, exponent)
+
+    def __matmul__(self, other: Any) -> Tensor:
+        return ops.matmul(self, other)
+
+    def __rmatmul__(self, other: Any) -> Tensor:
+        return ops.matmul(other, self)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        return ops.getitem(self, index)
+
+    def exp(self) -> Tensor:
+        return ops.exp(self)
+
+    def log(self) -> Tensor:
+        return ops.log(self)
+
+    def sqrt(self) -> Tensor:
+        return ops.sqrt(self)
+
+    def tanh(self) -> Tensor:
+        return ops.tanh(self)
+
+    def relu(self) -> Tensor:
+        return ops.relu(self)
+
+    def sum(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return ops.sum(self, axis, keepdims)
+
+    def mean(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return ops.mean(self, axis, keepdims)
+
+    def max(self, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Tensor:
+        return ops.max(self, axis, keepdims)
+
+    def reshape(self, *shape: Any) -> Tensor:
+        return ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], tuple | list) else shape)
+
+    def permute(self, *axes: int) -> Tensor:
+        return ops.permute(self, axes[0] if len(axes) == 1 and isinstance(axes[0], tuple | list) else axes)
+
+    def transpose(self, axis0: int = -2, axis1: int = -1) -> Tensor:
+        return ops.transpose(self, axis0, axis1)
+
+    @property
+    def T(self) -> Tensor:
+        return ops.transpose(self, -2, -1)
+
+    def broadcast_to(self, shape: tuple[int, ...]) -> Tensor:
+        return ops.broadcast_to(self, shape)
+
+    def masked_fill(self, mask: Any, value: float) -> Tensor:
+        return ops.masked_fill(self, mask, value)
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Tensors of the graph below ``root``, each after all of its inputs (iterative DFS post-order).
+
+    Only tensors that require grad are visited: nothing flows into the others.
+    """
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        tensor, inputs_done = stack.pop()
+        if inputs_done:  # every input of this tensor is already in the order
+            order.append(tensor)
+            continue
+        if id(tensor) in visited:
+            continue
+        visited.add(id(tensor))
+        stack.append((tensor, True))
+        node = tensor._node
+        if isinstance(node, Node):
+            for inp in node.inputs:
+                if inp.requires_grad and id(inp) not in visited:
+                    stack.append((inp, False))
+    return order
+
+
+def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
+    """Turn a Python number or array into a constant Tensor (matching ``like``'s float dtype)."""
+    if isinstance(value, Tensor):
+        return value
+    array = np.asarray(value)
+    if like is not None and like.dtype.kind == "f" and array.dtype.kind in "fiub" and array.dtype.kind != "b":
+        array = array.astype(like.dtype, copy=False)
+    return Tensor(array)
+
+
+from . import ops  # noqa: E402  (ops needs Tensor and Function defined above)
