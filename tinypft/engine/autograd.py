@@ -164,9 +164,13 @@ class Tensor:
 
     @classmethod
     def _wrap(cls, array: np.ndarray) -> Tensor:
-        """Wrap a result array as-is (no dtype conversion): the ops' outputs."""
+        """Wrap a result array as-is (no dtype conversion): the ops' outputs.
+
+        NumPy returns a scalar, not a 0-d array, from full reductions and from arithmetic on 0-d
+        arrays; ``asarray`` turns it back into an array so ``.data`` is always an ``np.ndarray``.
+        """
         t = cls.__new__(cls)
-        t.data, t.grad, t._requires_grad, t._node = array, None, False, None
+        t.data, t.grad, t._requires_grad, t._node = np.asarray(array), None, False, None
         return t
 
     # -- gradient bookkeeping
@@ -392,8 +396,8 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
     if isinstance(value, Tensor):
         return value
     array = np.asarray(value)
-    if like is not None and like.dtype.kind == "f" and array.dtype.kind in "fiub" and array.dtype.kind != "b":
-        array = array.astype(like.dtype, copy=False)
+    if like is not None and like.dtype.kind == "f" and array.dtype.kind in "fiu":
+        return Tensor(array, dtype=like.dtype)  # explicit dtype: not converted to the default one
     return Tensor(array)
 
 

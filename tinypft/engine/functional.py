@@ -49,6 +49,8 @@ def _fused_module() -> Any:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b with W of shape (out, in), b of shape (out,): x (..., in) -> y (..., out)."""
+    if _fused:
+        return _fused_module().linear(x, weight, bias)
     y = x @ weight.T  # (..., out)
     return y if bias is None else y + bias
 
@@ -142,6 +144,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
 
 def gelu(x: Tensor) -> Tensor:
     """GPT-2's GELU (tanh approximation); a primitive, see ops.GELU."""
+    if _fused:
+        return _fused_module().gelu(x)
     return ops.gelu(x)
 
 

@@ -60,6 +60,8 @@ def gradcheck(
     for name, t in checked_inputs:
         if t.dtype != np.float64:
             raise TypeError(f"gradcheck: {name} is {t.dtype}; gradients can only be checked in float64")
+        if not (t.data.flags.c_contiguous and t.data.flags.writeable):
+            t.data = t.data.copy()  # perturbing below needs an array that reshape(-1) views, not copies
 
     out = fn(*inputs)
     direction = np.random.default_rng(seed).standard_normal(out.shape)  # fixed random projection
@@ -93,11 +95,11 @@ def gradcheck(
             report.max_rel_error = max(report.max_rel_error, err / max(abs(numeric), 1e-12) if err > 0 else 0.0)
             if ratio >= worst_ratio:
                 worst_ratio = ratio
-                index = np.unravel_index(j, t.shape) if t.ndim else ()
-                report.worst = f"{name}{list(index)}: analytic {a:.10g}, numeric {numeric:.10g}"
+                index = [int(i) for i in np.unravel_index(j, t.shape)] if t.ndim else []
+                report.worst = f"{name}{index}: analytic {a:.10g}, numeric {numeric:.10g}"
                 if ratio > 1:
                     failure = (
-                        f"gradcheck failed: worst element {name}{list(index)} (shape {t.shape}): "
+                        f"gradcheck failed: worst element {name}{index} (shape {t.shape}): "
                         f"analytic {a:.10g}, numeric {numeric:.10g}, abs err {err:.3g} "
                         f"> atol {atol:g} + rtol {rtol:g} * |numeric|"
                     )

@@ -374,7 +374,7 @@ class Max(Function):
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         x, out, axes, keepdims = ctx.saved
-        is_max = x == out
+        is_max = (x == out).astype(x.dtype)  # in x's dtype, so a float32 gradient stays float32
         share = is_max / np.sum(is_max, axis=axes, keepdims=True)
         return (share * _expand_reduced(g, axes, keepdims),)
 
