@@ -235,7 +235,13 @@ def test_float32_gradients_stay_float32() -> None:
 
 def test_python_constants_take_the_tensors_dtype() -> None:
     x = leaf(3)  # float64 while the default dtype is float32
-    for y in (x * 2.0, 2.0 - x, x / 3, x.masked_fill(np.array([True, False, True]), -1.0), ops.where(x.data > 0, x, 0.0)):
+    for y in (
+        x * 2.0,
+        2.0 - x,
+        x / 3,
+        x.masked_fill(np.array([True, False, True]), -1.0),
+        ops.where(x.data > 0, x, 0.0),
+    ):
         assert y.dtype == np.float64
     with default_dtype(np.float64):
         assert (leaf(3, dtype=np.float32) + 1.0).dtype == np.float32
@@ -285,7 +291,9 @@ def matmul_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
 
 
 @pytest.mark.parametrize("x_shape", [(3, 4), (2, 3, 4)])
-@pytest.mark.parametrize(("x_grad", "w_grad", "expected"), [(True, False, 1), (False, True, 1), (True, True, 2)])
+@pytest.mark.parametrize(
+    ("x_grad", "w_grad", "expected"), [(True, False, 1), (False, True, 1), (True, True, 2)]
+)
 def test_frozen_inputs_cost_no_matmul(
     matmul_calls: list[tuple[int, ...]], x_shape: tuple[int, ...], x_grad: bool, w_grad: bool, expected: int
 ) -> None:

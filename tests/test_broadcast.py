@@ -70,7 +70,10 @@ BINARY_SHAPES = [
 def _inputs(sa: tuple[int, ...], sb: tuple[int, ...], positive_b: bool = False) -> list[Tensor]:
     rng = np.random.default_rng(1)
     b = rng.uniform(0.5, 2.0, sb) if positive_b else rng.standard_normal(sb)
-    return [Tensor(rng.standard_normal(sa), requires_grad=True, dtype=F64), Tensor(b, requires_grad=True, dtype=F64)]
+    return [
+        Tensor(rng.standard_normal(sa), requires_grad=True, dtype=F64),
+        Tensor(b, requires_grad=True, dtype=F64),
+    ]
 
 
 def _where(a: Tensor, b: Tensor) -> Tensor:

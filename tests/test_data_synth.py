@@ -32,9 +32,10 @@ from tinypft.data import (
     realise,
     repo_data_dir,
     slot_errors,
+    write_synth_e2e,
 )
 from tinypft.data.lexicon import KNOWN_ENTITIES
-from tinypft.data.pretrain import make_document
+from tinypft.data.pretrain import make_document, make_document_with_venues
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,8 +134,8 @@ def test_slot_error_detector_catches_drops_and_hallucinations():
     assert errors["missing"] == ["near[Avalon]", "food[French]"]
     assert set(errors["hallucinated"]) == {"entity[Burger King]", "priceRange[cheap]"}
     # A landmark containing a cuisine word is not read as the cuisine.
-    assert slot_errors("Alimentum is near Raja Indian Cuisine.", {"name": "Alimentum",
-                                                                  "near": "Raja Indian Cuisine"})["hallucinated"] == []
+    mr = {"name": "Alimentum", "near": "Raja Indian Cuisine"}
+    assert slot_errors("Alimentum is near Raja Indian Cuisine.", mr)["hallucinated"] == []
 
 
 def test_references_vary_and_are_not_a_function_of_the_mr(splits):
@@ -197,14 +198,24 @@ def test_pretraining_stream_is_deterministic_unbounded_and_indexable():
 
 
 def test_pretraining_documents_repeat_one_venue_name_across_paragraphs():
-    docs = list(pretraining_documents(seed=0, n_docs=300))
-    repeated = 0
-    for doc in docs:
+    kinds, mentions = Counter(), []
+    for index in range(300):
+        doc, venues = make_document_with_venues(seed=0, index=index)
         paragraphs = doc.split("\n\n")
-        name = re.match(r"(?:There is .*? called |.*?, )?((?:The )?[A-Z][\w']+(?: (?:and )?[A-Z][\w']+)*)", doc)
-        if name and len(paragraphs) >= 2 and sum(name.group(1) in p for p in paragraphs) >= 2:
-            repeated += 1
-    assert repeated >= 0.6 * len(docs)
+        for venue in venues:
+            assert venue.name in doc
+        if len(venues) == 1:  # a document about one venue names it in every paragraph
+            assert len(paragraphs) >= 2 and all(venues[0].name in p for p in paragraphs)
+            mentions.append(doc.count(venues[0].name))
+        elif paragraphs[0].startswith("Places to eat near"):  # a guide: one paragraph per venue
+            assert [v.name in p for v, p in zip(venues, paragraphs[1:])] == [True] * len(venues)
+            kinds["guide"] += 1
+        else:  # a comparison names both venues in its last paragraph
+            assert len(venues) == 2 and all(v.name in paragraphs[-1] for v in venues)
+            kinds["comparison"] += 1
+        kinds["single"] += len(venues) == 1
+    assert kinds["single"] >= 150 and kinds["comparison"] >= 30 and kinds["guide"] >= 10
+    assert sum(mentions) / len(mentions) >= 4
 
 
 def test_pretraining_text_uses_label_words_and_broader_genres():
@@ -212,33 +223,63 @@ def test_pretraining_text_uses_label_words_and_broader_genres():
     words = Counter(re.findall(r"[a-z]+", text.lower()))
     for label in ("low", "average", "high", "yes", "no"):
         assert words[label] >= 200, label
-    for genre in ("Would I go back", "To find", "The menu at", "cheaper than", "Places to eat near", "? Yes", "? No"):
-        assert genre in text, genre
+    genres = ("Would I go back", "To find", "The menu at", "cheaper than", "Places to eat near", "? Yes")
+    for marker in genres + ("? No",):  # reviews, directions, menus, comparisons, guides, questions
+        assert marker in text, marker
+
+
+def check_disjoint(splits, n_docs: int) -> None:
+    """Every fine-tuning reference names its venue; no fine-tuning name occurs in the corpus."""
+    first_sentences = {  # the first sentence of each reference that names the venue
+        next(s for s in re.split(r"(?<=[.?!]) ", ref) if ex.slots["name"] in s)
+        for ex in itertools.chain(*splits.values()) for ref in ex.refs
+    }
+    docs = list(pretraining_documents(seed=0, n_docs=n_docs))
+    for doc in docs:
+        assert not first_sentences.intersection(re.split(r"(?<=[.?!])\s+", doc))
+    corpus = "\n".join(docs)
+    assert "[" not in corpus and "]" not in corpus  # no MR strings
+    lowered = corpus.lower()
+    for entity in KNOWN_ENTITIES:  # not even as part of a longer word
+        assert entity.lower() not in lowered, entity
 
 
 def test_pretraining_corpus_is_disjoint_from_fine_tuning_data(splits):
-    """Every fine-tuning reference names its venue; no fine-tuning name occurs in the corpus."""
-    entities = re.compile("|".join(re.escape(e) for e in KNOWN_ENTITIES), re.IGNORECASE)
-    first_sentences = {re.split(r"(?<=[.?!]) ", ref)[0] for ex in itertools.chain(*splits.values())
-                       for ref in ex.refs}
-    for doc in pretraining_documents(seed=0, n_docs=20_000):
-        assert "[" not in doc and "]" not in doc  # no MR strings
-        assert not entities.search(doc), doc
-        assert not first_sentences.intersection(re.split(r"(?<=[.?!])\s+", doc))
+    check_disjoint(splits, n_docs=3000)
+
+
+@pytest.mark.slow
+def test_first_20000_pretraining_documents_are_disjoint_from_fine_tuning_data(splits):
+    check_disjoint(splits, n_docs=20_000)
 
 
 # --- the data build ----------------------------------------------------------------------------
 
 
-def test_build_is_byte_identical_across_runs_and_processes(tmp_path):
+def test_generating_twice_gives_byte_identical_files(tmp_path):
+    sizes = {"train": 60, "dev": 10, "test": 10, "extrap": 10}
+    first = write_synth_e2e(tmp_path / "a", seed=3, sizes=sizes)
+    second = write_synth_e2e(tmp_path / "b", seed=3, sizes=sizes)
+    for split in first:
+        assert first[split].read_bytes() == second[split].read_bytes()
+    other = write_synth_e2e(tmp_path / "c", seed=4, sizes=sizes)
+    assert other["train"].read_bytes() != first["train"].read_bytes()
+
+
+def test_build_reproduces_the_shipped_data_folder(tmp_path):
+    if not (repo_data_dir() / "tokenizer.json").is_file():
+        pytest.skip("data/ has not been built")
+    paths = build_all(tmp_path)
+    assert sum(path.stat().st_size for path in paths.values()) < 8_000_000
+    for name in paths:
+        assert filecmp.cmp(tmp_path / name, repo_data_dir() / name, shallow=False), name
+
+
+@pytest.mark.slow
+def test_build_is_byte_identical_across_processes(tmp_path):
     first = build_all(tmp_path / "a")
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO_ROOT)}
     subprocess.run([sys.executable, "-m", "tinypft.data", "--out", str(tmp_path / "b")],
                    check=True, env=env, capture_output=True, cwd=tmp_path)
     for name in first:
         assert filecmp.cmp(tmp_path / "a" / name, tmp_path / "b" / name, shallow=False), name
-    total = sum(path.stat().st_size for path in first.values())
-    assert total < 8_000_000
-    if (repo_data_dir() / "tokenizer.json").is_file():  # the shipped files are up to date
-        for name in first:
-            assert filecmp.cmp(tmp_path / "a" / name, repo_data_dir() / name, shallow=False), name

@@ -64,7 +64,9 @@ def broadcast_pair(draw: st.DrawFn, positive_b: bool = False) -> tuple[Tensor, T
 def matmul_pair(draw: st.DrawFn) -> tuple[Tensor, Tensor]:
     """Operands of a valid matmul: 1-D vectors, matrices, and batches with broadcasting batch dims."""
     n, k, m = draw(st.integers(1, 3)), draw(st.integers(1, 4)), draw(st.integers(1, 3))
-    batch_a, batch_b = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=2, max_side=3)).input_shapes
+    batch_a, batch_b = draw(
+        hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=2, max_side=3)
+    ).input_shapes
     sa = draw(st.sampled_from([(k,), (*batch_a, n, k)]))
     sb = draw(st.sampled_from([(k,), (*batch_b, k, m)]))
     return leaf(draw(values(sa))), leaf(draw(values(sb)))
@@ -73,7 +75,9 @@ def matmul_pair(draw: st.DrawFn) -> tuple[Tensor, Tensor]:
 @st.composite
 def reduction_case(draw: st.DrawFn, tie_free: bool = False) -> tuple[Tensor, object, bool]:
     shape = draw(nonempty_shapes)
-    axis = draw(st.none() | st.integers(-len(shape), len(shape) - 1) | hnp.valid_tuple_axes(len(shape), min_size=1))
+    axis = draw(
+        st.none() | st.integers(-len(shape), len(shape) - 1) | hnp.valid_tuple_axes(len(shape), min_size=1)
+    )
     array = draw(distinct(shape) if tie_free else values(shape))
     return leaf(array), axis, draw(st.booleans())
 
@@ -96,8 +100,15 @@ def test_binary_ops(op, data: st.DataObject) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize(
     ("op", "kind"),
-    [(ops.neg, "any"), (ops.exp, "any"), (ops.log, "positive"), (ops.sqrt, "positive"), (ops.tanh, "any"),
-     (ops.relu, "nonzero"), (ops.gelu, "any")],
+    [
+        (ops.neg, "any"),
+        (ops.exp, "any"),
+        (ops.log, "positive"),
+        (ops.sqrt, "positive"),
+        (ops.tanh, "any"),
+        (ops.relu, "nonzero"),
+        (ops.gelu, "any"),
+    ],
     ids=["neg", "exp", "log", "sqrt", "tanh", "relu", "gelu"],
 )
 @SETTINGS
@@ -180,7 +191,9 @@ def test_getitem_basic(x: Tensor, data: st.DataObject) -> None:
 @SETTINGS
 @given(x=tensor_of(nonempty_shapes), data=st.data())
 def test_getitem_integer_arrays_with_repeats(x: Tensor, data: st.DataObject) -> None:
-    index = data.draw(hnp.integer_array_indices(x.shape, result_shape=hnp.array_shapes(max_dims=2, max_side=5)))
+    index = data.draw(
+        hnp.integer_array_indices(x.shape, result_shape=hnp.array_shapes(max_dims=2, max_side=5))
+    )
     check(lambda t: t[index], [x])
 
 
@@ -197,7 +210,10 @@ def test_concat(data: st.DataObject) -> None:
     base = list(data.draw(nonempty_shapes))
     axis = data.draw(st.integers(-len(base), len(base) - 1))
     sizes = data.draw(st.lists(st.integers(1, 3), min_size=1, max_size=3))
-    tensors = [leaf(data.draw(values(tuple(base[:axis % len(base)] + [n] + base[axis % len(base) + 1:])))) for n in sizes]
+    tensors = [
+        leaf(data.draw(values(tuple(base[: axis % len(base)] + [n] + base[axis % len(base) + 1 :]))))
+        for n in sizes
+    ]
     check(lambda *ts: ops.concat(list(ts), axis=axis), tensors)
 
 
@@ -214,7 +230,9 @@ def test_stack(data: st.DataObject) -> None:
 @SETTINGS
 @given(data=st.data())
 def test_where(data: st.DataObject) -> None:
-    sc, sa, sb = data.draw(hnp.mutually_broadcastable_shapes(num_shapes=3, max_dims=3, max_side=3)).input_shapes
+    sc, sa, sb = data.draw(
+        hnp.mutually_broadcastable_shapes(num_shapes=3, max_dims=3, max_side=3)
+    ).input_shapes
     cond = data.draw(hnp.arrays(np.bool_, sc))
     check(lambda a, b: ops.where(cond, a, b), [leaf(data.draw(values(sa))), leaf(data.draw(values(sb)))])
 
@@ -237,7 +255,9 @@ def test_masked_fill(data: st.DataObject, value: float) -> None:
 @given(data=st.data())
 def test_embedding_with_repeated_ids(data: st.DataObject) -> None:
     rows, dim = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 4))
-    ids = data.draw(hnp.arrays(np.int64, hnp.array_shapes(max_dims=2, max_side=6), elements=st.integers(0, rows - 1)))
+    ids = data.draw(
+        hnp.arrays(np.int64, hnp.array_shapes(max_dims=2, max_side=6), elements=st.integers(0, rows - 1))
+    )
     weight = leaf(data.draw(values((rows, dim))))
     check(lambda w: ops.embedding(w, ids), [weight])
 
@@ -267,7 +287,8 @@ def test_cast_round_trip(data: st.DataObject) -> None:
 HAVE_FUSED = importlib.util.find_spec("tinypft.engine.fused") is not None
 # composites run with the composed reference and again with the fused kernels (when present)
 BOTH_PATHS = pytest.mark.parametrize(
-    "fused", [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_FUSED, reason="no fused kernels"))],
+    "fused",
+    [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_FUSED, reason="no fused kernels"))],
     ids=["composed", "fused"],
 )
 
@@ -393,9 +414,13 @@ def test_cross_entropy_averages_only_counted_targets(fused: bool) -> None:
     keep = targets != -100
     expected = -np.mean(stable_log_softmax(logits)[keep, targets[keep]])
     with functional.use_fused(fused):
-        assert functional.cross_entropy(Tensor(logits, dtype=F64), targets).item() == pytest.approx(expected, rel=1e-13)
+        assert functional.cross_entropy(Tensor(logits, dtype=F64), targets).item() == pytest.approx(
+            expected, rel=1e-13
+        )
         logits[0, 1] = 1e3  # the ignored positions change nothing
-        assert functional.cross_entropy(Tensor(logits, dtype=F64), targets).item() == pytest.approx(expected, rel=1e-13)
+        assert functional.cross_entropy(Tensor(logits, dtype=F64), targets).item() == pytest.approx(
+            expected, rel=1e-13
+        )
         other = np.where(targets == -100, 7, targets)  # another ignore_index is honoured
         with pytest.raises(IndexError, match="7"):
             functional.cross_entropy(Tensor(logits, dtype=F64), other)
@@ -411,9 +436,7 @@ def test_cross_entropy_gradient_is_zero_on_ignored_rows(fused: bool) -> None:
     np.testing.assert_array_equal(logits.grad[[1, 3]], 0.0)
     assert np.all(logits.grad[[0, 2]] != 0.0)
 
-
-# ----------------------------------------------------------------------------- the checker itself
-
+    # ----------------------------------------------------------------------------- the checker itself
 
     class ScaledSquare(Function):
         """out = x^2 with a backward off by 10%: gradcheck must notice."""
@@ -428,12 +451,10 @@ def test_cross_entropy_gradient_is_zero_on_ignored_rows(fused: bool) -> None:
             (x,) = ctx.saved
             return (1.1 * 2 * x * g,)
 
-
     def _analytic_and_numeric(message: str) -> tuple[float, float]:
         found = re.search(r"analytic (\S+), numeric (\S+),", message)
         assert found, message
         return float(found[1]), float(found[2])
-
 
     def test_gradcheck_catches_a_wrong_backward() -> None:
         x = leaf(np.array([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]]))
@@ -444,7 +465,6 @@ def test_cross_entropy_gradient_is_zero_on_ignored_rows(fused: bool) -> None:
         analytic, numeric = _analytic_and_numeric(message)
         assert analytic / numeric == pytest.approx(1.1, rel=1e-6)
 
-
     def test_gradcheck_names_the_worst_element_of_the_right_input() -> None:
         a, b = leaf(np.array([0.1, 0.2])), leaf(np.array([3.0, -4.0, 0.5]))
         with pytest.raises(GradcheckError, match=r"weights\[1\]") as info:
@@ -452,26 +472,25 @@ def test_cross_entropy_gradient_is_zero_on_ignored_rows(fused: bool) -> None:
         analytic, numeric = _analytic_and_numeric(str(info.value))
         assert analytic / numeric == pytest.approx(1.1, rel=1e-6)
 
-
     def test_gradcheck_passes_a_correct_backward_and_reports() -> None:
         x = leaf(np.array([0.5, -1.0, 2.0]))
         report = gradcheck(lambda t: t * t, [x], names=["x"])
         assert report.checked == 3 and report.max_abs_error < 1e-8 and report.worst.startswith("x[")
         assert x.grad is None  # gradcheck leaves no gradient behind
 
-
     def test_gradcheck_refuses_float32() -> None:
         x = Tensor(np.ones(3), requires_grad=True, dtype=np.float32)
         with pytest.raises(TypeError, match="float32"):
             gradcheck(lambda t: t * t, [x])
-
 
     def test_gradcheck_needs_an_input_that_requires_grad() -> None:
         with pytest.raises(ValueError, match="requires grad"):
             gradcheck(lambda t: t * 2.0, [Tensor(np.ones(3), dtype=F64)])
 
 
-@pytest.mark.parametrize("make", [lambda a: a.T, lambda a: np.broadcast_to(a[:1], a.shape)], ids=["transposed", "readonly"])
+@pytest.mark.parametrize(
+    "make", [lambda a: a.T, lambda a: np.broadcast_to(a[:1], a.shape)], ids=["transposed", "readonly"]
+)
 def test_gradcheck_perturbs_non_contiguous_and_readonly_inputs(make) -> None:  # noqa: ANN001
     base = np.random.default_rng(0).standard_normal((3, 3))
     x = Tensor(make(base), requires_grad=True, dtype=F64)

@@ -32,7 +32,9 @@ def _report_worst_relative_error(measurements: list[str]) -> Iterator[None]:
     yield
     if WORST:
         name = max(WORST, key=WORST.__getitem__)
-        measurements.append(f"worst relative error vs PyTorch over {len(WORST)} cases: {WORST[name]:.2e} ({name})")
+        measurements.append(
+            f"worst relative error vs PyTorch over {len(WORST)} cases: {WORST[name]:.2e} ({name})"
+        )
 
 
 def relative_error(ours: np.ndarray, theirs: np.ndarray) -> float:
@@ -81,7 +83,12 @@ BROADCAST = [((3, 4), (3, 4)), ((2, 3, 4), (4,)), ((3, 1), (1, 4)), ((), (2, 3))
 @pytest.mark.parametrize(("sa", "sb"), BROADCAST, ids=str)
 @pytest.mark.parametrize(
     ("name", "ours", "theirs"),
-    [("add", ops.add, torch.add), ("sub", ops.sub, torch.sub), ("mul", ops.mul, torch.mul), ("div", ops.div, torch.div)],
+    [
+        ("add", ops.add, torch.add),
+        ("sub", ops.sub, torch.sub),
+        ("mul", ops.mul, torch.mul),
+        ("div", ops.div, torch.div),
+    ],
     ids=["add", "sub", "mul", "div"],
 )
 def test_binary(name: str, ours: Callable, theirs: Callable, sa: tuple, sb: tuple) -> None:
@@ -147,16 +154,24 @@ def _dims(axis: Any, ndim: int) -> tuple[int, ...]:
 def test_sum_mean(name: str, axis: Any, keepdims: bool) -> None:
     ours = ops.sum if name == "sum" else ops.mean
     theirs = torch.sum if name == "sum" else torch.mean
-    compare(f"{name} {axis} {keepdims}", lambda x: ours(x, axis, keepdims),
-            lambda x: theirs(x, dim=_dims(axis, 3), keepdim=keepdims), normal(2, 3, 4))
+    compare(
+        f"{name} {axis} {keepdims}",
+        lambda x: ours(x, axis, keepdims),
+        lambda x: theirs(x, dim=_dims(axis, 3), keepdim=keepdims),
+        normal(2, 3, 4),
+    )
 
 
 @pytest.mark.parametrize(("axis", "keepdims"), AXES, ids=str)
 @pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
 def test_max_like_amax(axis: Any, keepdims: bool, ties: bool) -> None:
     x = np.round(normal(2, 3, 4)) if ties else normal(2, 3, 4)  # rounding makes many equal maxima
-    compare(f"max {axis} {keepdims} {'ties' if ties else ''}", lambda t: ops.max(t, axis, keepdims),
-            lambda t: torch.amax(t, dim=_dims(axis, 3), keepdim=keepdims), x)
+    compare(
+        f"max {axis} {keepdims} {'ties' if ties else ''}",
+        lambda t: ops.max(t, axis, keepdims),
+        lambda t: torch.amax(t, dim=_dims(axis, 3), keepdim=keepdims),
+        x,
+    )
 
 
 # ----------------------------------------------------------------------------- shape ops
@@ -167,7 +182,9 @@ def test_reshape_permute_transpose_broadcast() -> None:
     compare("reshape", lambda t: t.reshape(6, 4), lambda t: t.reshape(6, 4), x)
     compare("permute", lambda t: t.permute(2, 0, 1), lambda t: t.permute(2, 0, 1), x)
     compare("transpose", lambda t: t.transpose(0, -1), lambda t: t.transpose(0, -1), x)
-    compare("broadcast_to", lambda t: t.broadcast_to((2, 3, 4)), lambda t: t.broadcast_to((2, 3, 4)), normal(3, 1))
+    compare(
+        "broadcast_to", lambda t: t.broadcast_to((2, 3, 4)), lambda t: t.broadcast_to((2, 3, 4)), normal(3, 1)
+    )
 
 
 GETITEM = {
@@ -200,24 +217,45 @@ def test_getitem(kind: str) -> None:
 
 
 def test_concat_and_stack() -> None:
-    compare("concat", lambda a, b, c: ops.concat([a, b, c], axis=-1), lambda a, b, c: torch.cat([a, b, c], dim=-1),
-            normal(2, 3), normal(2, 1, seed=1), normal(2, 2, seed=2))
-    compare("stack", lambda a, b: ops.stack([a, b], axis=1), lambda a, b: torch.stack([a, b], dim=1),
-            normal(3, 2), normal(3, 2, seed=1))
+    compare(
+        "concat",
+        lambda a, b, c: ops.concat([a, b, c], axis=-1),
+        lambda a, b, c: torch.cat([a, b, c], dim=-1),
+        normal(2, 3),
+        normal(2, 1, seed=1),
+        normal(2, 2, seed=2),
+    )
+    compare(
+        "stack",
+        lambda a, b: ops.stack([a, b], axis=1),
+        lambda a, b: torch.stack([a, b], dim=1),
+        normal(3, 2),
+        normal(3, 2, seed=1),
+    )
 
 
-@pytest.mark.parametrize(("sc", "sa", "sb"), [((3, 4), (3, 4), (3, 4)), ((3, 1), (1, 4), ()), ((4,), (2, 3, 1), (3, 4))],
-                         ids=str)
+@pytest.mark.parametrize(
+    ("sc", "sa", "sb"), [((3, 4), (3, 4), (3, 4)), ((3, 1), (1, 4), ()), ((4,), (2, 3, 1), (3, 4))], ids=str
+)
 def test_where(sc: tuple, sa: tuple, sb: tuple) -> None:
     cond = np.random.default_rng(5).random(sc) > 0.5
-    compare(f"where {sc}{sa}{sb}", lambda a, b: ops.where(cond, a, b),
-            lambda a, b: torch.where(torch.from_numpy(cond), a, b), normal(*sa), normal(*sb, seed=1))
+    compare(
+        f"where {sc}{sa}{sb}",
+        lambda a, b: ops.where(cond, a, b),
+        lambda a, b: torch.where(torch.from_numpy(cond), a, b),
+        normal(*sa),
+        normal(*sb, seed=1),
+    )
 
 
 def test_masked_fill() -> None:
     mask = ~functional.causal_mask(3, 3)
-    compare("masked_fill", lambda x: x.masked_fill(mask, -7.5),
-            lambda x: x.masked_fill(torch.from_numpy(mask), -7.5), normal(2, 3, 3))
+    compare(
+        "masked_fill",
+        lambda x: x.masked_fill(mask, -7.5),
+        lambda x: x.masked_fill(torch.from_numpy(mask), -7.5),
+        normal(2, 3, 3),
+    )
 
 
 # ----------------------------------------------------------------------------- lookups and noise
@@ -225,7 +263,12 @@ def test_masked_fill() -> None:
 
 def test_embedding_with_repeated_ids() -> None:
     ids = np.array([[0, 2, 0, 4], [4, 4, 1, 0]])
-    compare("embedding", lambda w: ops.embedding(w, ids), lambda w: TF.embedding(torch.from_numpy(ids), w), normal(5, 3))
+    compare(
+        "embedding",
+        lambda w: ops.embedding(w, ids),
+        lambda w: TF.embedding(torch.from_numpy(ids), w),
+        normal(5, 3),
+    )
 
 
 def test_dropout_matches_the_same_mask() -> None:
@@ -245,7 +288,8 @@ def test_dropout_matches_the_same_mask() -> None:
 
 HAVE_FUSED = importlib.util.find_spec("tinypft.engine.fused") is not None
 BOTH_PATHS = pytest.mark.parametrize(
-    "fused", [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_FUSED, reason="no fused kernels"))],
+    "fused",
+    [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_FUSED, reason="no fused kernels"))],
     ids=["composed", "fused"],
 )
 
@@ -259,29 +303,58 @@ def _label(name: str, fused: bool) -> str:
 def test_softmax_and_log_softmax(fused: bool, axis: int) -> None:
     x = 5 * normal(2, 3, 4)
     with functional.use_fused(fused):
-        compare(_label(f"softmax {axis}", fused), lambda t: functional.softmax(t, axis), lambda t: torch.softmax(t, axis), x)
-        compare(_label(f"log_softmax {axis}", fused), lambda t: functional.log_softmax(t, axis),
-                lambda t: torch.log_softmax(t, axis), x)
+        compare(
+            _label(f"softmax {axis}", fused),
+            lambda t: functional.softmax(t, axis),
+            lambda t: torch.softmax(t, axis),
+            x,
+        )
+        compare(
+            _label(f"log_softmax {axis}", fused),
+            lambda t: functional.log_softmax(t, axis),
+            lambda t: torch.log_softmax(t, axis),
+            x,
+        )
 
 
 @BOTH_PATHS
 def test_gelu(fused: bool) -> None:
     with functional.use_fused(fused):
-        compare(_label("functional.gelu", fused), functional.gelu, lambda t: TF.gelu(t, approximate="tanh"), 3 * normal(4, 5))
+        compare(
+            _label("functional.gelu", fused),
+            functional.gelu,
+            lambda t: TF.gelu(t, approximate="tanh"),
+            3 * normal(4, 5),
+        )
 
 
 @BOTH_PATHS
 def test_layer_norm(fused: bool) -> None:
     with functional.use_fused(fused):
-        compare(_label("layer_norm", fused), functional.layer_norm, lambda x, w, b: TF.layer_norm(x, (6,), w, b, eps=1e-5),
-                normal(2, 3, 6), 1 + normal(6, seed=1), normal(6, seed=2))
+        compare(
+            _label("layer_norm", fused),
+            functional.layer_norm,
+            lambda x, w, b: TF.layer_norm(x, (6,), w, b, eps=1e-5),
+            normal(2, 3, 6),
+            1 + normal(6, seed=1),
+            normal(6, seed=2),
+        )
 
 
 @BOTH_PATHS
 def test_linear(fused: bool) -> None:
     with functional.use_fused(fused):
-        compare(_label("linear", fused), functional.linear, TF.linear, normal(2, 3, 4), normal(5, 4, seed=1), normal(5, seed=2))
-        compare(_label("linear no bias", fused), functional.linear, TF.linear, normal(3, 4), normal(2, 4, seed=1))
+        compare(
+            _label("linear", fused),
+            functional.linear,
+            TF.linear,
+            normal(2, 3, 4),
+            normal(5, 4, seed=1),
+            normal(5, seed=2),
+        )
+        compare(
+            _label("linear no bias", fused), functional.linear, TF.linear, normal(3, 4), normal(2, 4, seed=1)
+        )
 
 
 @BOTH_PATHS
@@ -289,8 +362,12 @@ def test_cross_entropy_with_ignore_index(fused: bool) -> None:
     targets = np.array([[1, -100, 4, 0], [2, 2, -100, 3]])
     targets_t = torch.from_numpy(targets).reshape(-1)
     with functional.use_fused(fused):
-        compare(_label("cross_entropy", fused), lambda x: functional.cross_entropy(x, targets),
-                lambda x: TF.cross_entropy(x.reshape(-1, 5), targets_t, ignore_index=-100), 3 * normal(2, 4, 5))
+        compare(
+            _label("cross_entropy", fused),
+            lambda x: functional.cross_entropy(x, targets),
+            lambda x: TF.cross_entropy(x.reshape(-1, 5), targets_t, ignore_index=-100),
+            3 * normal(2, 4, 5),
+        )
 
 
 def _torch_attention(q: Any, k: Any, v: Any, mask: np.ndarray | None) -> Any:
@@ -307,12 +384,24 @@ def test_attention(fused: bool, tq: int, tk: int, masked: bool) -> None:
     mask = functional.causal_mask(tq, tk) if masked else None
     q, k, v = normal(2, 2, tq, 3), normal(2, 2, tk, 3, seed=1), normal(2, 2, tk, 3, seed=2)
     with functional.use_fused(fused):
-        compare(_label(f"attention {tq}x{tk}", fused), lambda *t: functional.attention(*t, mask=mask),
-                lambda *t: _torch_attention(*t, mask), q, k, v)
+        compare(
+            _label(f"attention {tq}x{tk}", fused),
+            lambda *t: functional.attention(*t, mask=mask),
+            lambda *t: _torch_attention(*t, mask),
+            q,
+            k,
+            v,
+        )
         # and torch's own kernel (True in a boolean attn_mask means "may attend", as here)
         sdpa_mask = None if mask is None else torch.from_numpy(mask)
-        compare(_label(f"attention {tq}x{tk} vs sdpa", fused), lambda *t: functional.attention(*t, mask=mask),
-                lambda *t: TF.scaled_dot_product_attention(*t, attn_mask=sdpa_mask), q, k, v)
+        compare(
+            _label(f"attention {tq}x{tk} vs sdpa", fused),
+            lambda *t: functional.attention(*t, mask=mask),
+            lambda *t: TF.scaled_dot_product_attention(*t, attn_mask=sdpa_mask),
+            q,
+            k,
+            v,
+        )
 
 
 # ----------------------------------------------------------------------------- summary

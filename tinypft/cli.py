@@ -29,7 +29,9 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "selftest": Command("tinypft.engine.selftest", "gradient-check every op and composite of the engine in float64"),
+    "selftest": Command(
+        "tinypft.engine.selftest", "gradient-check every op and composite of the engine in float64"
+    ),
 }
 
 
@@ -45,7 +47,9 @@ def _requested_command(argv: Sequence[str]) -> str | None:
 
 def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     """The argument parser; only the command requested in ``argv`` gets its module imported."""
-    parser = argparse.ArgumentParser(prog="tinypft", description="Parameter-efficient fine-tuning from first principles.")
+    parser = argparse.ArgumentParser(
+        prog="tinypft", description="Parameter-efficient fine-tuning from first principles."
+    )
     parser.add_argument("--version", action="version", version=f"tinypft {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="command")
     requested = _requested_command(argv)

@@ -10,7 +10,8 @@ Phrase kinds for one value:
 * ``premod``: an adjective in front of the head noun ("a *cheap* pub"),
 * ``post``: a phrase after the head noun ("a pub *near Avalon*"),
 * ``vp``: a verb phrase after a subject ("It *serves Italian food*"),
-* ``clause``: a sentence of its own ("*Prices are low.*").
+* ``clause``: a sentence of its own ("*Prices are low.*"),
+* ``head``: the noun itself, for ``eatType`` only ("a cheap *café*").
 
 Verb phrases carry agreement markers filled in for a singular or plural subject:
 ``{be}`` is/are, ``{have}`` has/have, ``{do}`` does/do, ``{s}`` the third-person -s,
@@ -225,14 +226,23 @@ _PATTERNS: list[tuple[str, str, str]] = [
     ("area", "city centre", r"\b(?:city|town) centre\b|\bcentre of (?:the city|town)\b"),
     ("area", "riverside", r"\briverside\b|\b(?:by|on|along) the river\b"),
 ]
-_COMPILED = [(slot, value, re.compile(p, re.IGNORECASE)) for slot, value, p in _PATTERNS]
+# The patterns are lowercase and are matched against lowercased text (faster than IGNORECASE).
+_COMPILED = [(slot, value, re.compile(p)) for slot, value, p in _PATTERNS]
+_KNOWN_SET = frozenset(KNOWN_ENTITIES)
 
 
 @functools.lru_cache(maxsize=64)
-def _entity_regex(entities: frozenset[str]) -> re.Pattern[str]:
-    """One regex matching any of ``entities`` as whole words, longest first."""
-    alternatives = "|".join(re.escape(e) for e in sorted(entities, key=lambda e: (-len(e), e)))
-    return re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)", re.IGNORECASE)
+def _entity_regex(entities: frozenset[str]) -> tuple[re.Pattern[str], dict[str, str]]:
+    """A regex matching any entity (lowercased) as whole words, longest first, and a map back."""
+    by_lower = {e.lower(): e for e in sorted(entities)}
+    alternatives = "|".join(re.escape(e) for e in sorted(by_lower, key=lambda e: (-len(e), e)))
+    return re.compile(r"(?<!\w)(?:" + alternatives + r")(?!\w)"), by_lower
+
+
+def _entity_set(entities: Iterable[str] | None, extra: Iterable[str] = ()) -> frozenset[str]:
+    base = _KNOWN_SET if entities is None else frozenset(entities)
+    extra = set(extra)
+    return base if extra <= base else base | extra
 
 
 def find_slot_values(
@@ -249,12 +259,12 @@ def find_slot_values(
     Returns:
         ``(found_entities, values)`` where ``values`` maps a slot to the set of its values found.
     """
-    entities = frozenset(KNOWN_ENTITIES if entities is None else entities)
-    by_lower = {e.lower(): e for e in entities}
+    entities = _entity_set(entities)
+    text = text.lower()
     found: set[str] = set()
     if entities:
-        pattern = _entity_regex(entities)
-        found = {by_lower[m.group(0).lower()] for m in pattern.finditer(text)}
+        pattern, by_lower = _entity_regex(entities)
+        found = {by_lower[m.group(0)] for m in pattern.finditer(text)}
         text = pattern.sub(" # ", text)
     values: dict[str, set[str]] = {}
     for slot, value, pattern in _COMPILED:
@@ -277,10 +287,11 @@ def slot_errors(
         are empty for a faithful text.
     """
     own = [mr[s] for s in ("name", "near") if s in mr]
-    known = KNOWN_ENTITIES if entities is None else tuple(entities)
-    found_entities, found = find_slot_values(text, known + tuple(own))
-    missing = [f"{s}[{mr[s]}]" for s in ("name", "near") if s in mr and mr[s] not in found_entities]
-    hallucinated = [f"entity[{e}]" for e in sorted(found_entities - set(own))]
+    found_entities, found = find_slot_values(text, _entity_set(entities, own))
+    found_lower = {e.lower() for e in found_entities}
+    own_lower = {e.lower() for e in own}
+    missing = [f"{s}[{mr[s]}]" for s in ("name", "near") if s in mr and mr[s].lower() not in found_lower]
+    hallucinated = [f"entity[{e}]" for e in sorted(found_entities) if e.lower() not in own_lower]
     for slot, value in mr.items():
         if slot not in ("name", "near") and value not in found.get(slot, set()):
             missing.append(f"{slot}[{value}]")

@@ -239,25 +239,32 @@ def comparison(a: Venue, b: Venue, rng: random.Random) -> str:
 _SINGLE_VENUE_PARAGRAPHS = (description, description, review, questions, directions, menu)
 
 
-def make_document(seed: int, index: int) -> str:
-    """Document number ``index`` of the stream ``seed`` (each has its own random stream)."""
+def make_document_with_venues(seed: int, index: int) -> tuple[str, list[Venue]]:
+    """Document number ``index`` of the stream ``seed`` and the venues it describes.
+
+    Every document has its own random stream, seeded by ``(seed, index)``.
+    """
     rng = random.Random(f"pretrain:{seed}:{index}")
     kind = rng.random()
-    venue = random_venue(rng)
+    venues = [random_venue(rng)]
     if kind < 0.7:  # several paragraphs about one venue, each using its name
         others = rng.sample(_SINGLE_VENUE_PARAGRAPHS, rng.randint(1, 3))
-        paragraphs = [description(venue, rng)] + [make(venue, rng) for make in others]
-    elif kind < 0.9:
-        other = random_venue(rng, avoid=venue.name)
-        paragraphs = [description(venue, rng), description(other, rng), comparison(venue, other, rng)]
+        paragraphs = [description(venues[0], rng)] + [make(venues[0], rng) for make in others]
+    elif kind < 0.9:  # two venues compared
+        venues.append(random_venue(rng, avoid=venues[0].name))
+        paragraphs = [description(v, rng) for v in venues] + [comparison(*venues, rng)]
     else:  # a short guide to several venues near one landmark
-        landmark = venue.near
-        venues = [venue] + [random_venue(rng, avoid=venue.name) for _ in range(rng.randint(1, 3))]
-        paragraphs = [f"Places to eat near {landmark}."]
-        for v in venues:
-            v = Venue(v.name, v.eat_type, v.food, v.price, v.rating, v.area, v.family, landmark)
-            paragraphs.append(description(v, rng))
-    return "\n\n".join(paragraphs)
+        landmark = venues[0].near
+        for _ in range(rng.randint(1, 3)):
+            v = random_venue(rng, avoid=venues[0].name)
+            venues.append(Venue(v.name, v.eat_type, v.food, v.price, v.rating, v.area, v.family, landmark))
+        paragraphs = [f"Places to eat near {landmark}."] + [description(v, rng) for v in venues]
+    return "\n\n".join(paragraphs), venues
+
+
+def make_document(seed: int, index: int) -> str:
+    """Document number ``index`` of the stream ``seed``."""
+    return make_document_with_venues(seed, index)[0]
 
 
 def pretraining_documents(seed: int = PRETRAIN_SEED, n_docs: int | None = None) -> Iterator[str]:

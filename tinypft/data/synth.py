@@ -112,14 +112,19 @@ def generate_splits(
     return splits
 
 
-def write_synth_e2e(out_dir: str | Path, seed: int = 0, **kwargs) -> dict[str, Path]:
+def write_synth_e2e(
+    out_dir: str | Path,
+    seed: int = 0,
+    sizes: dict[str, int] | None = None,
+    refs_per_mr: dict[str, int] | None = None,
+) -> dict[str, Path]:
     """Generate the splits and write ``{out_dir}/{split}.csv``; returns the written paths."""
     from .loaders import write_e2e_csv
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for split, examples in generate_splits(seed, **kwargs).items():
+    for split, examples in generate_splits(seed, sizes, refs_per_mr).items():
         paths[split] = out_dir / f"{split}.csv"
         write_e2e_csv(paths[split], examples)
     return paths

@@ -75,7 +75,8 @@ class Tokenizer:
         return self.vocab_size
 
     def is_special(self, token_id: int) -> bool:
-        return N_BYTES <= token_id < FIRST_MERGE_ID
+        """Whether ``token_id`` is one of ``<|bos|>``, ``<|eos|>``, ``<|pad|>``, ``<|sep|>``."""
+        return _is_special_id(token_id)
 
     def token_bytes(self, token_id: int) -> bytes:
         """The bytes a token stands for (a special token gives its own text)."""
