@@ -436,56 +436,64 @@ def test_cross_entropy_gradient_is_zero_on_ignored_rows(fused: bool) -> None:
     np.testing.assert_array_equal(logits.grad[[1, 3]], 0.0)
     assert np.all(logits.grad[[0, 2]] != 0.0)
 
-    # ----------------------------------------------------------------------------- the checker itself
 
-    class ScaledSquare(Function):
-        """out = x^2 with a backward off by 10%: gradcheck must notice."""
+# ----------------------------------------------------------------------------- the checker itself
 
-        @staticmethod
-        def forward(ctx, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
-            ctx.save_for_backward(x)
-            return x * x
 
-        @staticmethod
-        def backward(ctx, g: np.ndarray) -> tuple[np.ndarray]:  # noqa: ANN001
-            (x,) = ctx.saved
-            return (1.1 * 2 * x * g,)
+class ScaledSquare(Function):
+    """out = x^2 with a backward off by 10%: gradcheck must notice."""
 
-    def _analytic_and_numeric(message: str) -> tuple[float, float]:
-        found = re.search(r"analytic (\S+), numeric (\S+),", message)
-        assert found, message
-        return float(found[1]), float(found[2])
+    @staticmethod
+    def forward(ctx, x: np.ndarray) -> np.ndarray:  # noqa: ANN001
+        ctx.save_for_backward(x)
+        return x * x
 
-    def test_gradcheck_catches_a_wrong_backward() -> None:
-        x = leaf(np.array([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]]))
-        with pytest.raises(GradcheckError) as info:
-            gradcheck(lambda t: ScaledSquare.apply(t).sum(), [x], names=["x"])
-        message = str(info.value)
-        assert "x[0, 2]" in message  # the worst element: the largest |2x|
-        analytic, numeric = _analytic_and_numeric(message)
-        assert analytic / numeric == pytest.approx(1.1, rel=1e-6)
+    @staticmethod
+    def backward(ctx, g: np.ndarray) -> tuple[np.ndarray]:  # noqa: ANN001
+        (x,) = ctx.saved
+        return (1.1 * 2 * x * g,)
 
-    def test_gradcheck_names_the_worst_element_of_the_right_input() -> None:
-        a, b = leaf(np.array([0.1, 0.2])), leaf(np.array([3.0, -4.0, 0.5]))
-        with pytest.raises(GradcheckError, match=r"weights\[1\]") as info:
-            gradcheck(lambda p, q: p.sum() + ScaledSquare.apply(q).sum(), [a, b], names=["bias", "weights"])
-        analytic, numeric = _analytic_and_numeric(str(info.value))
-        assert analytic / numeric == pytest.approx(1.1, rel=1e-6)
 
-    def test_gradcheck_passes_a_correct_backward_and_reports() -> None:
-        x = leaf(np.array([0.5, -1.0, 2.0]))
-        report = gradcheck(lambda t: t * t, [x], names=["x"])
-        assert report.checked == 3 and report.max_abs_error < 1e-8 and report.worst.startswith("x[")
-        assert x.grad is None  # gradcheck leaves no gradient behind
+def _analytic_and_numeric(message: str) -> tuple[float, float]:
+    found = re.search(r"analytic (\S+), numeric (\S+),", message)
+    assert found, message
+    return float(found[1]), float(found[2])
 
-    def test_gradcheck_refuses_float32() -> None:
-        x = Tensor(np.ones(3), requires_grad=True, dtype=np.float32)
-        with pytest.raises(TypeError, match="float32"):
-            gradcheck(lambda t: t * t, [x])
 
-    def test_gradcheck_needs_an_input_that_requires_grad() -> None:
-        with pytest.raises(ValueError, match="requires grad"):
-            gradcheck(lambda t: t * 2.0, [Tensor(np.ones(3), dtype=F64)])
+def test_gradcheck_catches_a_wrong_backward() -> None:
+    x = leaf(np.array([[0.5, -1.0, 2.0], [1.5, 0.3, -0.7]]))
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(lambda t: ScaledSquare.apply(t).sum(), [x], names=["x"])
+    message = str(info.value)
+    assert "x[0, 2]" in message  # the worst element: the largest |2x|
+    analytic, numeric = _analytic_and_numeric(message)
+    assert analytic / numeric == pytest.approx(1.1, rel=1e-6)
+
+
+def test_gradcheck_names_the_worst_element_of_the_right_input() -> None:
+    a, b = leaf(np.array([0.1, 0.2])), leaf(np.array([3.0, -4.0, 0.5]))
+    with pytest.raises(GradcheckError, match=r"weights\[1\]") as info:
+        gradcheck(lambda p, q: p.sum() + ScaledSquare.apply(q).sum(), [a, b], names=["bias", "weights"])
+    analytic, numeric = _analytic_and_numeric(str(info.value))
+    assert analytic / numeric == pytest.approx(1.1, rel=1e-6)
+
+
+def test_gradcheck_passes_a_correct_backward_and_reports() -> None:
+    x = leaf(np.array([0.5, -1.0, 2.0]))
+    report = gradcheck(lambda t: t * t, [x], names=["x"])
+    assert report.checked == 3 and report.max_abs_error < 1e-8 and report.worst.startswith("x[")
+    assert x.grad is None  # gradcheck leaves no gradient behind
+
+
+def test_gradcheck_refuses_float32() -> None:
+    x = Tensor(np.ones(3), requires_grad=True, dtype=np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        gradcheck(lambda t: t * t, [x])
+
+
+def test_gradcheck_needs_an_input_that_requires_grad() -> None:
+    with pytest.raises(ValueError, match="requires grad"):
+        gradcheck(lambda t: t * 2.0, [Tensor(np.ones(3), dtype=F64)])
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,9 @@ COMMANDS: dict[str, Command] = {
     "selftest": Command(
         "tinypft.engine.selftest", "gradient-check every op and composite of the engine in float64"
     ),
+    "pretrain": Command(
+        "tinypft.train.pretrain", "pretrain a mini GPT-2 (tiny, small, medium) and write its checkpoint"
+    ),
 }
 
 

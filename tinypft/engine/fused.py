@@ -154,39 +154,44 @@ class LayerNorm(Function):
     With gw = g * w and means over the last axis:
         dx = rstd * (gw - mean(gw) - x_hat * mean(gw * x_hat))
         dw = sum(g * x_hat),  db = sum(g)   (sums over all leading axes)
+    Only mean and rstd (one number per row) are saved: backward recomputes x_hat from x, which
+    is cheaper than keeping a second (..., d) array alive from forward to backward.
     """
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-        x_hat = x - x.mean(axis=-1, keepdims=True)  # (..., d), centred
-        var = np.vecdot(x_hat, x_hat)[..., None]  # (..., 1), sum of squares
+        mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+        y = x - mean  # (..., d), centred
+        var = np.vecdot(y, y)[..., None]  # (..., 1), sum of squares
         var /= x.shape[-1]  # biased variance
         var += eps
         rstd = np.sqrt(var, out=var)
         np.reciprocal(rstd, out=rstd)  # (..., 1)
-        x_hat *= rstd
-        y = x_hat * weight
+        y *= rstd  # x_hat
+        y *= weight
         y += bias
-        ctx.save_for_backward(x_hat, rstd, weight)
+        ctx.save_for_backward(x, mean, rstd, weight)
         return y
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        x_hat, rstd, weight = ctx.saved
+        x, mean, rstd, weight = ctx.saved
         need_x, need_w, need_b = ctx.needs_input_grad
-        d = x_hat.shape[-1]
+        d = x.shape[-1]
+        x_hat = x - mean  # (..., d)
+        x_hat *= rstd
         dx = dw = db = None
         if need_w:
             dw = np.einsum("nd,nd->d", g.reshape(-1, d), x_hat.reshape(-1, d))  # (d,)
         if need_b:
             db = g.reshape(-1, d).sum(axis=0)  # (d,)
         if need_x:
-            gw = g * weight  # (..., d)
-            mean_gw = gw.mean(axis=-1, keepdims=True)  # (..., 1)
-            mean_gwx = np.vecdot(gw, x_hat)[..., None]  # (..., 1)
+            dx = g * weight  # (..., d), gw
+            mean_gw = dx.mean(axis=-1, keepdims=True)  # (..., 1)
+            mean_gwx = np.vecdot(dx, x_hat)[..., None]  # (..., 1)
             mean_gwx /= d
-            dx = x_hat * mean_gwx  # (..., d)
-            np.subtract(gw, dx, out=dx)
+            x_hat *= mean_gwx
+            dx -= x_hat
             dx -= mean_gw
             dx *= rstd
         return dx, dw, db
@@ -246,28 +251,29 @@ class Attention(Function):
         dP = g V^T
         dS = P * (dP - sum(dP * P, -1))      and  sum_j dP_ij P_ij = g_i . out_i  (no Tk-sized product)
         dQ = dS K * s,   dK = dS^T Q * s
-    A masked score is a constant, so dS is 0 there; P is already 0 there except on fully masked
-    rows (uniform P), which are zeroed explicitly.
+    The scale is applied to Q (Tq x d numbers) rather than to S (Tq x Tk). A masked score is a
+    constant, so dS is 0 there; P is already 0 there except on fully masked rows (uniform P),
+    which are zeroed explicitly.
     """
 
     @staticmethod
     def forward(ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-        scale = 1.0 / np.sqrt(q.shape[-1])
-        p = np.matmul(q, np.swapaxes(k, -1, -2))  # (B, H, Tq, Tk)
-        p *= scale
+        scale = q.shape[-1] ** -0.5  # a Python float: keeps float32 float32
+        q_scaled = q * scale  # (B, H, Tq, d)
+        p = np.matmul(q_scaled, np.swapaxes(k, -1, -2))  # (B, H, Tq, Tk), the scores S
         empty_rows = False
         if mask is not None:
             np.copyto(p, np.finfo(p.dtype).min, where=~mask)
             empty_rows = not mask.any(axis=-1).all()  # some query may attend to nothing
         p -= p.max(axis=-1, keepdims=True)
-        _exp_normalize(p, axis=-1)  # (B, H, Tq, Tk)
+        _exp_normalize(p, axis=-1)  # (B, H, Tq, Tk), P
         out = np.matmul(p, v)  # (B, H, Tq, d)
-        ctx.save_for_backward(q, k, v, p, out, mask if empty_rows else None, scale)
+        ctx.save_for_backward(q_scaled, k, v, p, out, mask if empty_rows else None, scale)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        q, k, v, p, out, empty_row_mask, scale = ctx.saved
+        q_scaled, k, v, p, out, empty_row_mask, scale = ctx.saved
         need_q, need_k, need_v = ctx.needs_input_grad
         dq = dk = dv = None
         if need_v:
@@ -281,11 +287,9 @@ class Attention(Function):
             if need_q:
                 dq = np.matmul(ds, k)  # (B, H, Tq, d)
                 dq *= scale
-                dq = unbroadcast(dq, q.shape)
+                dq = unbroadcast(dq, q_scaled.shape)
             if need_k:
-                dk = np.matmul(np.swapaxes(ds, -1, -2), q)  # (B, H, Tk, d)
-                dk *= scale
-                dk = unbroadcast(dk, k.shape)
+                dk = unbroadcast(np.matmul(np.swapaxes(ds, -1, -2), q_scaled), k.shape)  # (B, H, Tk, d)
         return dq, dk, dv
 
 

@@ -1,0 +1,372 @@
+"""``get_peft_model``: wrap a GPT for one fine-tuning method; save and load what the method trains.
+
+Every method splits the parameters into a frozen part and a trained part, theta = (theta_0, phi),
+and minimizes the loss over phi alone:  phi* = argmin_phi L(f(x; theta_0, phi)). Full
+fine-tuning trains everything; the frozen baseline only a head; BitFit (Ben Zaken et al., 2022)
+the biases inside theta_0; Prefix-Tuning (Li & Liang, 2021) and Prompt-Tuning (Lester et al.,
+2021) add new vectors phi and keep all of theta_0 fixed, so one frozen model serves many tasks.
+
+    model = GPT(GPTConfig(vocab_size=1024))                 # d 128, 4 layers, context 128
+    peft_model = get_peft_model(model, BitFitConfig())      # freezes model's other parameters
+    peft_model.print_trainable_parameters()
+    # trainable params: 5,760 || all params: 940,800 || trainable%: 0.6122
+    out = peft_model(ids, attention_mask)                   # GPTOutput; logits at the real tokens
+    loss = peft_model.lm_loss(out.logits, labels)
+    peft_model.save_adapter("runs/bitfit")                  # the trained tensors and a JSON config
+    peft_model = load_adapter(fresh_model, "runs/bitfit")   # checks it is the same base model
+
+A ``PeftModel`` is itself a model: same call signature and output as ``GPT`` (logits only at the
+real token positions, whatever the method adds in front), ``lm_loss``, ``named_parameters`` (all
+of them; ``requires_grad`` tells which train), ``train()`` / ``eval()``, ``config`` (the base
+model's) and ``base_model``. Virtual tokens (a prefix or a prompt) are injected only when a
+sequence starts (``cache is None``); with a cache they are already in it.
+
+Freezing works through ``requires_grad``: a frozen parameter receives no gradient, so backward
+skips its weight-gradient matmul, and an optimizer built from ``parameters()`` keeps state only
+for the trainable ones (``tinypft.optim`` filters on ``requires_grad``). ``get_peft_model`` sets
+the flags on the base model in place, like Hugging Face PEFT: build one PeftModel per base model
+when a method trains base parameters (full fine-tuning, BitFit, a head).
+
+Adapter files (a directory, as Hugging Face PEFT's ``save_pretrained``):
+
+    adapter_model.safetensors   only the tensors the method trains
+    adapter_config.json         the method's config, inference_mode, and a fingerprint of the base
+                                model (config, parameter shapes, SHA-256 of the frozen weights)
+
+``load_adapter`` refuses a base model that differs in any of those, naming the difference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .. import io
+from ..engine import Tensor
+from ..model import GPT, GPTOutput, KVCache
+from ..nn import Module, Parameter
+from .config import FrozenConfig, FullFinetuneConfig, PeftConfig, config_from_dict
+
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_FORMAT = "tinypft-adapter"
+BASE_PREFIX = "base_model."
+
+
+class PeftModel(Module):
+    """A base GPT plus what one fine-tuning method trains.
+
+    Subclasses set ``config_class`` (which registers them for ``get_peft_model``), choose the base
+    parameters that train in ``trained_base_names`` and add their own modules (a prefix encoder, a
+    soft prompt), whose parameters train too.
+    """
+
+    config_class: ClassVar[type[PeftConfig]]
+    registry: ClassVar[dict[type[PeftConfig], type[PeftModel]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:
+            PeftModel.registry[cls.config_class] = cls
+
+    def __init__(self, base_model: GPT, peft_config: PeftConfig):
+        super().__init__()
+        if not isinstance(peft_config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got {peft_config!r}"
+            )
+        self.base_model = base_model
+        self.peft_config = peft_config
+        self.trained_base: frozenset[str] = frozenset(self.trained_base_names(base_model))
+        for name, p in base_model.named_parameters():
+            p.requires_grad = name in self.trained_base
+
+    # ------------------------------------------------------------------ what trains
+    def trained_base_names(self, base_model: GPT) -> list[str]:
+        """Names of the base model's parameters this method trains (none by default)."""
+        return []
+
+    def adapter_parameters(self) -> dict[str, Parameter]:
+        """The parameters the method trains, by full name, whether or not they require grad now
+        (an adapter loaded for inference is frozen, but these are still what it stores)."""
+        return {
+            name: p
+            for name, p in self.named_parameters()
+            if not name.startswith(BASE_PREFIX) or name[len(BASE_PREFIX) :] in self.trained_base
+        }
+
+    def set_adapter_trainable(self, trainable: bool) -> None:
+        """Unfreeze (True) or freeze (False) the method's parameters; the rest stays frozen."""
+        for p in self.adapter_parameters().values():
+            p.requires_grad = trainable
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        """(trainable, all): scalars in the parameters that require grad, and in every parameter
+        (base model and adapter together, shared tensors once; as Hugging Face PEFT counts)."""
+        trainable = sum(p.size for p in self.parameters() if p.requires_grad)
+        return trainable, sum(p.size for p in self.parameters())
+
+    def print_trainable_parameters(self) -> None:
+        """Print ``trainable params: N || all params: M || trainable%: X.XXXX`` (Hugging Face's line)."""
+        trainable, total = self.get_nb_trainable_parameters()
+        share = 100 * trainable / total
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {share:.4f}")
+
+    # ------------------------------------------------------------------ the model contract
+    @property
+    def config(self) -> Any:
+        """The base model's GPTConfig (the method's own config is ``peft_config``)."""
+        return self.base_model.config
+
+    def forward(
+        self,
+        ids: np.ndarray,
+        attention_mask: np.ndarray | None = None,
+        position_ids: np.ndarray | None = None,
+        cache: KVCache | None = None,
+        use_cache: bool = False,
+    ) -> GPTOutput:
+        """Methods that only choose which base parameters train run the base model unchanged."""
+        return self.base_model(
+            ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=use_cache
+        )
+
+    def lm_loss(self, logits: Tensor, labels: np.ndarray) -> Tensor:
+        """Next-token cross-entropy on the real positions (labels aligned with ids; -100 is skipped)."""
+        return self.base_model.lm_loss(logits, labels)
+
+    def token_mask(
+        self, attention_mask: np.ndarray | None, ids: np.ndarray, num_virtual: int
+    ) -> np.ndarray | None:
+        """The mask of the real tokens (B, T). A Hugging Face-style mask that also covers the
+        ``num_virtual`` virtual tokens in front (B, P + T) is accepted: its first P columns must be 1."""
+        if attention_mask is None:
+            return None
+        mask = np.asarray(attention_mask)
+        B, T = np.shape(ids)
+        if mask.shape == (B, T):
+            return mask
+        if num_virtual and mask.shape == (B, num_virtual + T):
+            if not mask[:, :num_virtual].all():
+                raise ValueError(
+                    f"{type(self).__name__}: the {num_virtual} virtual-token columns of the mask must be 1"
+                )
+            return mask[:, num_virtual:]
+        expected = f"(B, T) = {(B, T)}" + (f" or (B, P + T) = {(B, num_virtual + T)}" if num_virtual else "")
+        raise ValueError(f"{type(self).__name__}: attention_mask has shape {mask.shape}, expected {expected}")
+
+    # ------------------------------------------------------------------ saving
+    def adapter_state_dict(self, include_reparam: bool = False) -> dict[str, np.ndarray]:
+        """The tensors an adapter file stores (copies), by full parameter name."""
+        return {name: p.data.copy() for name, p in self.adapter_parameters().items()}
+
+    def save_adapter(self, path: str | Path, include_reparam: bool = False) -> None:
+        """Write ``adapter_model.safetensors`` (only what the method trains) and ``adapter_config.json``.
+
+        Both files are written atomically; the JSON (written last) records the SHA-256 of the
+        tensor file, so a directory holding a mismatched pair is detected at load time.
+        ``include_reparam`` keeps a reparameterization (Prefix-Tuning's MLP) so training can resume;
+        without it the adapter is stored in its inference form (``inference_mode: true``).
+        """
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = self.adapter_state_dict(include_reparam)
+        io.save_tensors(directory / ADAPTER_WEIGHTS_NAME, tensors, metadata={"format": ADAPTER_FORMAT})
+        record = {
+            "format": ADAPTER_FORMAT,
+            "peft_config": self.peft_config.to_dict(),
+            "inference_mode": not include_reparam,
+            "base_model": base_model_fingerprint(self.base_model, frozen=self.frozen_base_names()),
+            "tensors": {name: list(array.shape) for name, array in tensors.items()},
+            "weights_sha256": io.sha256_file(directory / ADAPTER_WEIGHTS_NAME),
+        }
+        io.atomic_write_json(directory / ADAPTER_CONFIG_NAME, record)
+
+    def frozen_base_names(self) -> list[str]:
+        """Base parameters the method never changes: the fingerprint hashes their bytes."""
+        return [name for name, _ in self.base_model.named_parameters() if name not in self.trained_base]
+
+    def stored_bytes_per_task(self, include_reparam: bool = False) -> AdapterSize:
+        """What one task costs on disk: the adapter files this model would write."""
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_adapter(tmp, include_reparam=include_reparam)
+            return adapter_bytes(tmp)
+
+    def load_adapter_tensors(self, tensors: dict[str, np.ndarray], inference_mode: bool) -> None:
+        """Copy saved tensors into the method's parameters (subclasses adapt their layout first)."""
+        params = self.adapter_parameters()
+        expected = {name: p.shape for name, p in params.items()}
+        found = {name: a.shape for name, a in tensors.items()}
+        if expected != found:
+            raise ValueError(
+                f"{type(self).__name__}: adapter tensors {found} do not match the model's {expected}"
+            )
+        for name, array in tensors.items():
+            np.copyto(params[name].data, array, casting="same_kind")
+
+
+class FullFinetuneModel(PeftModel):
+    """Full fine-tuning: every parameter trains (the adapter file is the whole model)."""
+
+    config_class = FullFinetuneConfig
+
+    def __init__(self, base_model: GPT, peft_config: FullFinetuneConfig, initialize: bool = True):
+        super().__init__(base_model, peft_config)
+
+    def trained_base_names(self, base_model: GPT) -> list[str]:
+        return [name for name, _ in base_model.named_parameters()]
+
+
+class FrozenModel(PeftModel):
+    """The frozen baseline: only the classification head trains (nothing when there is none)."""
+
+    config_class = FrozenConfig
+
+    def __init__(self, base_model: GPT, peft_config: FrozenConfig, initialize: bool = True):
+        super().__init__(base_model, peft_config)
+
+    def trained_base_names(self, base_model: GPT) -> list[str]:
+        return [name for name, _ in base_model.named_parameters() if name.startswith("cls_head.")]
+
+
+def get_peft_model(model: GPT, config: PeftConfig) -> PeftModel:
+    """Wrap ``model`` for the method ``config`` describes, freezing everything the method does not train."""
+    if isinstance(model, PeftModel):
+        raise TypeError("get_peft_model: the model is already a PeftModel; pass its base_model")
+    cls = PeftModel.registry.get(type(config))
+    if cls is None:
+        raise TypeError(f"get_peft_model: no method for config {type(config).__name__}")
+    return cls(model, config)
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def base_model_fingerprint(model: GPT, frozen: list[str]) -> dict[str, Any]:
+    """What identifies a base model: its config, its parameters' names and shapes, and the SHA-256
+    of the bytes of the ``frozen`` parameters (the ones an adapter relies on and never stores)."""
+    params = dict(model.named_parameters())
+    weights = hashlib.sha256()
+    for name in frozen:
+        array = np.ascontiguousarray(params[name].data)
+        weights.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        weights.update(array.tobytes())
+    record = {
+        "config": model.config.to_dict(),
+        "parameters": {name: list(p.shape) for name, p in params.items()},
+        "dtype": str(next(iter(params.values())).dtype),
+        "frozen_weights_sha256": weights.hexdigest(),
+    }
+    record["sha256"] = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return record
+
+
+def _structure_mismatch(saved: dict[str, Any], model: GPT) -> str | None:
+    """None when ``model`` has the saved config and parameter shapes, else what differs."""
+    config = model.config.to_dict()
+    if saved["config"] != config:
+        diffs = [
+            f"{k}: adapter {saved['config'].get(k)} vs model {config.get(k)}"
+            for k in sorted(set(saved["config"]) | set(config))
+            if saved["config"].get(k) != config.get(k)
+        ]
+        return "the base model's config differs (" + "; ".join(diffs) + ")"
+    shapes = {name: list(p.shape) for name, p in model.named_parameters()}
+    if saved["parameters"] != shapes:
+        problems = (
+            [f"missing {sorted(set(saved['parameters']) - set(shapes))}"]
+            if set(saved["parameters"]) - set(shapes)
+            else []
+        )
+        problems += (
+            [f"extra {sorted(set(shapes) - set(saved['parameters']))}"]
+            if set(shapes) - set(saved["parameters"])
+            else []
+        )
+        problems += [
+            f"{n}: adapter {saved['parameters'][n]} vs model {shapes[n]}"
+            for n in sorted(set(shapes) & set(saved["parameters"]))
+            if shapes[n] != saved["parameters"][n]
+        ]
+        return "the base model's parameters differ: " + "; ".join(problems)
+    return None
+
+
+def _weights_mismatch(saved: dict[str, Any], model: GPT, frozen: list[str]) -> str | None:
+    """None when the frozen weights hash as saved, else a message with both hashes and dtypes."""
+    now = base_model_fingerprint(model, frozen)
+    if now["frozen_weights_sha256"] == saved["frozen_weights_sha256"]:
+        return None
+    return (
+        f"the base model's frozen weights differ (model SHA-256 {now['frozen_weights_sha256'][:12]}..., "
+        f"{now['dtype']}; adapter's {saved['frozen_weights_sha256'][:12]}..., {saved['dtype']}): "
+        "this adapter was trained on other weights"
+    )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_adapter(base_model: GPT, path: str | Path, is_trainable: bool = False) -> PeftModel:
+    """Rebuild the PeftModel saved in ``path`` on ``base_model``.
+
+    Raises a ValueError naming the difference when ``base_model`` is not the model the adapter was
+    trained on (config, parameter shapes, or frozen weights). The adapter's parameters are frozen
+    (inference) unless ``is_trainable``. Methods whose adapter is made of base parameters (BitFit,
+    full fine-tuning, a head) write them into ``base_model``.
+    """
+    directory = Path(path)
+    record = io.read_json(directory / ADAPTER_CONFIG_NAME)
+    if record.get("format") != ADAPTER_FORMAT:
+        raise ValueError(f"{directory}: not a tinypft adapter (format {record.get('format')!r})")
+    if io.sha256_file(directory / ADAPTER_WEIGHTS_NAME) != record["weights_sha256"]:
+        raise ValueError(f"{directory}: {ADAPTER_WEIGHTS_NAME} does not belong to this {ADAPTER_CONFIG_NAME}")
+    peft_config = config_from_dict(record["peft_config"])
+    saved_base = record["base_model"]
+    mismatch = _structure_mismatch(saved_base, base_model)
+    if mismatch:  # config and shapes first: building the model needs them
+        raise ValueError(f"load_adapter({directory}): {mismatch}")
+
+    cls = PeftModel.registry[type(peft_config)]
+    flags = {name: p.requires_grad for name, p in base_model.named_parameters()}
+    peft_model = cls(base_model, peft_config, initialize=False)
+    mismatch = _weights_mismatch(saved_base, base_model, peft_model.frozen_base_names())
+    if mismatch:
+        for name, p in base_model.named_parameters():  # leave the refused base model as it was
+            p.requires_grad = flags[name]
+        raise ValueError(f"load_adapter({directory}): {mismatch}")
+    expected = {name: (tuple(shape), None) for name, shape in record["tensors"].items()}
+    tensors = io.load_tensors(directory / ADAPTER_WEIGHTS_NAME, expected)
+    peft_model.load_adapter_tensors(tensors, inference_mode=record["inference_mode"])
+    peft_model.set_adapter_trainable(is_trainable)
+    return peft_model
+
+
+@dataclass
+class AdapterSize:
+    """Storage of one task's adapter: file bytes and the number of stored floats."""
+
+    tensor_file_bytes: int  # adapter_model.safetensors (header + raw tensors)
+    config_file_bytes: int  # adapter_config.json
+    num_floats: int  # scalars stored in the tensor file
+
+    @property
+    def total_bytes(self) -> int:
+        return self.tensor_file_bytes + self.config_file_bytes
+
+
+def adapter_bytes(path: str | Path) -> AdapterSize:
+    """Bytes stored per task by the adapter in directory ``path``."""
+    directory = Path(path)
+    tensors = io.load_tensors(directory / ADAPTER_WEIGHTS_NAME)
+    return AdapterSize(
+        tensor_file_bytes=(directory / ADAPTER_WEIGHTS_NAME).stat().st_size,
+        config_file_bytes=(directory / ADAPTER_CONFIG_NAME).stat().st_size,
+        num_floats=sum(a.size for a in tensors.values()),
+    )
