@@ -35,6 +35,15 @@ COMMANDS: dict[str, Command] = {
     "pretrain": Command(
         "tinypft.train.pretrain", "pretrain a mini GPT-2 (tiny, small, medium) and write its checkpoint"
     ),
+    "exercises": Command(
+        "tinypft.exercises.make", "write student versions of the lesson notebooks, or list their exercises"
+    ),
+    "finetune": Command(
+        "tinypft.experiments.finetune", "fine-tune a pretrained model with one method on one task, score it"
+    ),
+    "showdown": Command(
+        "tinypft.experiments.showdown", "compare every method on synthetic E2E: table, JSON and plot"
+    ),
 }
 
 

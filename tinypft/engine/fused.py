@@ -37,7 +37,9 @@ class Linear(Function):
     """
 
     @staticmethod
-    def forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    def forward(
+        ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
+    ) -> np.ndarray:
         x2 = x.reshape(-1, x.shape[-1])  # (N, in), a view when x is contiguous
         y = np.matmul(x2, weight.T)  # (N, out); weight.T is a view, BLAS reads it transposed
         if bias is not None:
@@ -79,7 +81,7 @@ class GELU(Function):
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray) -> np.ndarray:
-        s = x * x  # (...)
+        s = np.multiply(x, x, out=np.empty_like(x))  # (...); out= keeps even a 0-d result an array
         s *= -2 * GELU_C * GELU_A
         s -= 2 * GELU_C
         s *= x  # -2u
@@ -88,16 +90,16 @@ class GELU(Function):
         s += 1
         np.reciprocal(s, out=s)  # s = sigmoid(2u)
         ctx.save_for_backward(x, s)
-        return x * s
+        return np.multiply(x, s, out=np.empty_like(x))
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         x, s = ctx.saved
-        dx = x * x  # (...)
+        dx = np.multiply(x, x, out=np.empty_like(x))  # (...)
         dx *= 6 * GELU_A * GELU_C
         dx += 2 * GELU_C  # 2 du/dx
         dx *= x
-        s_ds = 1 - s  # (...)
+        s_ds = np.subtract(1, s, out=np.empty_like(s))  # (...)
         s_ds *= s  # s (1 - s)
         dx *= s_ds
         dx += s
@@ -251,29 +253,32 @@ class Attention(Function):
         dP = g V^T
         dS = P * (dP - sum(dP * P, -1))      and  sum_j dP_ij P_ij = g_i . out_i  (no Tk-sized product)
         dQ = dS K * s,   dK = dS^T Q * s
-    The scale is applied to Q (Tq x d numbers) rather than to S (Tq x Tk). A masked score is a
-    constant, so dS is 0 there; P is already 0 there except on fully masked rows (uniform P),
-    which are zeroed explicitly.
+    The scale is applied to Q (Tq x d numbers) rather than to S (Tq x Tk). Masking adds the
+    dtype's minimum, which is the same as setting it (every score is far below half the spacing
+    of floats that large, so the sum rounds to the minimum) and cheaper than a masked copy.
+    A masked score is a constant, so dS is 0 there; P is already 0 there except on fully masked
+    rows (uniform P), which are zeroed explicitly.
     """
 
     @staticmethod
-    def forward(ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    def forward(
+        ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None
+    ) -> np.ndarray:
         scale = q.shape[-1] ** -0.5  # a Python float: keeps float32 float32
-        q_scaled = q * scale  # (B, H, Tq, d)
-        p = np.matmul(q_scaled, np.swapaxes(k, -1, -2))  # (B, H, Tq, Tk), the scores S
+        p = np.matmul(q * scale, np.swapaxes(k, -1, -2))  # (B, H, Tq, Tk), the scores S
         empty_rows = False
         if mask is not None:
-            np.copyto(p, np.finfo(p.dtype).min, where=~mask)
+            p += np.where(mask, 0, np.finfo(p.dtype).min)  # broadcast, e.g. (Tq, Tk) or (B, 1, Tq, Tk)
             empty_rows = not mask.any(axis=-1).all()  # some query may attend to nothing
         p -= p.max(axis=-1, keepdims=True)
         _exp_normalize(p, axis=-1)  # (B, H, Tq, Tk), P
         out = np.matmul(p, v)  # (B, H, Tq, d)
-        ctx.save_for_backward(q_scaled, k, v, p, out, mask if empty_rows else None, scale)
+        ctx.save_for_backward(q, k, v, p, out, mask if empty_rows else None, scale)
         return out
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        q_scaled, k, v, p, out, empty_row_mask, scale = ctx.saved
+        q, k, v, p, out, empty_row_mask, scale = ctx.saved
         need_q, need_k, need_v = ctx.needs_input_grad
         dq = dk = dv = None
         if need_v:
@@ -287,9 +292,11 @@ class Attention(Function):
             if need_q:
                 dq = np.matmul(ds, k)  # (B, H, Tq, d)
                 dq *= scale
-                dq = unbroadcast(dq, q_scaled.shape)
+                dq = unbroadcast(dq, q.shape)
             if need_k:
-                dk = unbroadcast(np.matmul(np.swapaxes(ds, -1, -2), q_scaled), k.shape)  # (B, H, Tk, d)
+                dk = np.matmul(np.swapaxes(ds, -1, -2), q)  # (B, H, Tk, d)
+                dk *= scale
+                dk = unbroadcast(dk, k.shape)
         return dq, dk, dv
 
 

@@ -155,7 +155,8 @@ def infix_start_from_labels(labels: np.ndarray) -> np.ndarray:
     The first label that counts, at index f, is predicted by the token at f - 1 (the last source
     token, typically a separator). The infix is placed before that token, so every prediction of
     the target sees it: start = f - 1. At generation, prefill on the source with
-    ``infix_start = len(source) - 1`` (or ``len(source)`` to keep the whole source before it).
+    ``infix_start = len(source) - 1``, or -1 for left-padded prompts (or ``len(source)`` to keep
+    the whole source before it): ``generate(..., prefill_kwargs={"infix_start": -1})``.
     """
     labels = np.asarray(labels)
     counts = labels != -100
@@ -241,7 +242,9 @@ class PrefixTuningModel(PeftModel):
 
         With a ``cache`` the prefix is already in it (it was injected at prefill) and is not added
         again. ``infix_start`` (B,) or an int, infix mode only: the index of the first token after
-        the infix (0 <= start <= T).
+        the infix (0 <= start <= T), or counted from the end when negative (-T <= start < 0): -1
+        puts the infix before the last token, the separator that ends a left-padded generation
+        prompt ``[pads] bos source sep``.
         """
         if infix_start is not None and self.mode != "infix":
             raise ValueError(f"infix_start is only for mode='infix' (this prefix is {self.mode!r})")
@@ -281,8 +284,9 @@ class PrefixTuningModel(PeftModel):
         B, T = np.shape(ids)
         P = self.num_virtual_tokens
         start = np.broadcast_to(np.asarray(infix_start, dtype=np.int64), (B,))  # (B,)
-        if start.min() < 0 or start.max() > T:
-            raise ValueError(f"infix_start must be in [0, {T}] for {T} tokens, got {start.tolist()}")
+        if start.min() < -T or start.max() > T:
+            raise ValueError(f"infix_start must be in [-{T}, {T}] for {T} tokens, got {start.tolist()}")
+        start = np.where(start < 0, start + T, start)  # negative: counted from the end
         real = np.ones((B, T), bool) if mask is None else np.asarray(mask).astype(bool)  # (B, T)
         after_infix = np.arange(T)[None, :] >= start[:, None]  # (B, T)
         positions = np.maximum(np.cumsum(real, axis=1) - 1, 0) + P * after_infix  # (B, T)

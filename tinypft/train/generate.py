@@ -7,8 +7,10 @@ numbers positions from the real tokens only, so padding changes nothing. Then:
     decode:   out = model(next_token, cache=out.cache, use_cache=True)  one token per step
 
 A fine-tuned model that injects a prefix or a prompt does so at prefill (when no cache is passed),
-after which it lives in the cache. With ``use_cache=False`` every step instead recomputes the whole
-sequence from scratch: slower, but it must give the same tokens, which the tests check.
+after which it lives in the cache. ``prefill_kwargs`` go to that prefill call only, e.g.
+``{"infix_start": -1}`` for an infix model (the infix before each prompt's final separator). With
+``use_cache=False`` every step instead recomputes the whole sequence from scratch: slower, but it
+must give the same tokens, which the tests check.
 
 Rows leave the batch as soon as they are finished (eos or their length budget), so finished rows
 cost nothing. The budget of a row is ``max_new_tokens``, capped so that all its positions
@@ -37,23 +39,29 @@ def generate(
     num_beams: int = 5,
     use_cache: bool = True,
     length_penalty: float = 1.0,
+    prefill_kwargs: dict[str, Any] | None = None,
 ) -> list[list[int]]:
     """Continue each prompt; returns the new tokens of each (eos excluded).
 
     ``method`` is ``"greedy"`` or ``"beam"``. ``eos_id=None`` never stops early (for timing).
+    ``prefill_kwargs``: extra keyword arguments for the model's prefill call only (the cached
+    decoding steps never see them); they need ``use_cache=True``, since without a cache every step
+    is a new full call whose arguments would have to follow the growing sequence.
     The model runs in eval mode without gradients; its previous mode is restored.
     """
     if method not in ("greedy", "beam"):
         raise ValueError(f"generate: method must be 'greedy' or 'beam', got {method!r}")
     if max_new_tokens < 0 or num_beams < 1:
         raise ValueError(f"generate: max_new_tokens={max_new_tokens} and num_beams={num_beams} are invalid")
+    if prefill_kwargs and not use_cache:
+        raise ValueError("generate: prefill_kwargs need use_cache=True (they apply to the prefill call)")
     if len(prompts) == 0:
         return []
     was_training = getattr(model, "training", False)
     model.eval()
     try:
         with no_grad():
-            decoder = _Decoder(model, prompts, pad_id, use_cache)
+            decoder = _Decoder(model, prompts, pad_id, use_cache, prefill_kwargs or {})
             budgets = np.minimum(max_new_tokens, decoder.room)  # (B,)
             if method == "greedy":
                 return _greedy(decoder, budgets, eos_id)
@@ -68,10 +76,13 @@ class _Decoder:
     Cached, it keeps a KVCache; uncached, it keeps the full token matrix and recomputes it.
     """
 
-    def __init__(self, model: Any, prompts: Sequence[Sequence[int]], pad_id: int, use_cache: bool):
+    def __init__(
+        self, model: Any, prompts: Sequence[Sequence[int]], pad_id: int, use_cache: bool,
+        prefill_kwargs: dict[str, Any],
+    ):
         self.model, self.use_cache = model, use_cache
         self.ids, self.mask = left_pad(prompts, pad_id)  # (B, T0)
-        out = model(self.ids, attention_mask=self.mask, use_cache=True)
+        out = model(self.ids, attention_mask=self.mask, use_cache=True, **prefill_kwargs)
         self.cache = out.cache if use_cache else None
         context = model.config.context_length
         self.room = context - out.cache.next_position  # (B,) positions left for new tokens

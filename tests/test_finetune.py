@@ -1,0 +1,143 @@
+"""``tinypft finetune``: every method on every task gives a complete record, PEFT methods leave the
+base weights alone, a seed repeats a run exactly, and the learning-rate sweep never looks at test
+before it has chosen."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tinypft.cli import main
+from tinypft.data import load_tokenizer
+from tinypft.experiments import FinetuneSettings, run_finetune, sweep_lr
+from tinypft.experiments.finetune import classify, fit, label_token_ids, prepare
+from tinypft.model import GPTConfig
+from tinypft.peft import load_adapter
+from tinypft.train.pretrain import load_pretrained, pretrain
+
+METHODS = ("full", "frozen", "bitfit", "prefix", "prompt")
+TASKS = ("e2e", "rating", "match")
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 1-layer, d_model 32 model with the real tokenizer and context 128, pretrained for 40 steps."""
+    tok = load_tokenizer()
+    config = GPTConfig(vocab_size=tok.vocab_size, context_length=128, d_model=32, n_layers=1, n_heads=2)
+    out = tmp_path_factory.mktemp("checkpoint")
+    pretrain(config, out, steps=40, batch_size=8, lr=1e-2, dev_windows=4, progress=False, tokenizer=tok,
+             command="test")
+    return str(out)
+
+
+def tiny(checkpoint: str, method: str, task: str = "e2e", **overrides) -> FinetuneSettings:
+    """Settings for a run of a few steps, scored on a handful of examples."""
+    values = dict(method=method, task=task, size="tiny", checkpoint=checkpoint, steps=3, eval_size=6,
+                  max_new_tokens=4, prefix_hidden=16, progress=False)
+    return FinetuneSettings(**(values | overrides))
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_and_task_gives_a_complete_record(checkpoint, method, task):
+    record = run_finetune(tiny(checkpoint, method, task))
+    for key in ("trainable_params", "trainable_pct", "stored_bytes", "stored_floats", "train_seconds",
+                "hyperparameters", "command", "environment", "checkpoint"):
+        assert key in record, key
+    metrics = ("bleu", "ser") if task == "e2e" else ("accuracy",)
+    for split in ("dev", "test"):
+        assert record[split]["n"] == 6
+        for metric in metrics:
+            assert 0 <= record[split][metric] <= (100 if metric == "bleu" else 10)
+    assert record["hyperparameters"]["peft_config"]["method"] == method
+    d, layers = 32, 1
+    if method == "frozen" and task == "e2e":  # the pretrained LM as it is
+        assert record["trainable_params"] == record["steps"] == record["stored_floats"] == 0
+        assert record["hyperparameters"]["train_config"] is None
+    else:
+        assert record["steps"] == 3 and record["train_seconds"] > 0
+        assert record["hyperparameters"]["train_config"]["lr"] > 0
+    if method == "frozen" and task != "e2e":  # a linear probe over the label classes
+        classes = 3 if task == "rating" else 2
+        assert record["trainable_params"] == record["stored_floats"] == d * classes + classes
+    if method == "bitfit":  # per layer: q, k, v, o (4d), FFN in (4d) and out (d), 2 LayerNorm betas; ln_f
+        biases = layers * (4 * d + 4 * d + d + 2 * d) + d
+        assert record["trainable_params"] == record["stored_floats"] == biases
+    if method == "prompt":
+        assert record["trainable_params"] == record["stored_floats"] == 16 * d
+    if method == "prefix":  # trained through the MLP, stored as the baked prefix (P, 2 L d)
+        assert record["stored_floats"] == 10 * 2 * layers * d < record["trainable_params"]
+    if method == "full":
+        assert record["trainable_pct"] == 100.0
+        assert record["stored_floats"] == record["base_params"]
+
+
+@pytest.mark.parametrize("method,task", [("bitfit", "e2e"), ("prefix", "e2e"), ("prompt", "rating"),
+                                         ("frozen", "match")])
+def test_peft_methods_leave_the_frozen_weights_bit_identical(checkpoint, method, task):
+    before, _ = load_pretrained("tiny", checkpoint)
+    run = fit(prepare(tiny(checkpoint, method, task, lr=0.05)))
+    base = dict(before.named_parameters())
+    changed = [name for name, p in run.model.base_model.named_parameters()
+               if name in base and not np.array_equal(p.data, base[name].data)]
+    if method == "bitfit":
+        assert changed and all(name.endswith(".bias") for name in changed)
+    else:
+        assert changed == []
+
+
+def test_the_same_seed_repeats_exactly_and_another_seed_differs(checkpoint):
+    settings = tiny(checkpoint, "prefix", train_size=20, steps=4, seed=3)
+    runs = [fit(prepare(settings)) for _ in range(2)]
+    other = fit(prepare(dataclasses.replace(settings, seed=4)))
+    first, second = (r.model.adapter_state_dict() for r in runs)
+    assert first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+    name = "prefix_encoder.prefix"
+    assert not np.array_equal(first[name], other.model.adapter_state_dict()[name])
+    assert runs[0].result.train_loss == runs[1].result.train_loss
+    a, b = (run_finetune(settings) for _ in range(2))
+    for split in ("dev", "test"):  # the same scores and outputs; only the timings differ
+        assert {k: v for k, v in a[split].items() if k != "seconds"} == {
+            k: v for k, v in b[split].items() if k != "seconds"
+        }
+
+
+def test_the_sweep_chooses_on_dev_and_scores_only_the_chosen_run_on_test(checkpoint):
+    record = sweep_lr(tiny(checkpoint, "bitfit", "rating", eval_size=30), [1e-4, 0.3, 0.03])
+    assert [entry["lr"] for entry in record["sweep"]] == [1e-4, 0.3, 0.03]
+    assert all("test" not in entry for entry in record["sweep"])
+    dev = [entry["dev"]["accuracy"] for entry in record["sweep"]]
+    chosen = record["hyperparameters"]["train_config"]["lr"]
+    assert chosen == record["sweep"][int(np.argmax(dev))]["lr"]
+    assert record["dev"]["accuracy"] == max(dev) and record["test"] is not None
+
+
+def test_label_word_scoring_does_not_depend_on_the_batch(checkpoint):
+    run = fit(prepare(tiny(checkpoint, "prefix", "rating", mode="infix")))
+    sources = [source for source, _ in run.data.dev]
+    label_ids = label_token_ids(run.tokenizer, run.data.label_words)
+    together = classify(run.model, run.tokenizer, sources, label_ids, infix=True, batch_size=6)
+    alone = [classify(run.model, run.tokenizer, [s], label_ids, infix=True)[0] for s in sources]
+    np.testing.assert_array_equal(together, alone)
+
+
+def test_finetune_command_writes_the_record_and_a_loadable_adapter(checkpoint, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    args = ["finetune", "--method", "prompt", "--size", "tiny", "--checkpoint", checkpoint, "--steps", "2",
+            "--eval-size", "3", "--max-new-tokens", "3", "--out", str(out), "--json", "--no-progress"]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((out / "result.json").read_text())
+    assert printed["test"] == saved["test"] and saved["method"] == "prompt"
+    assert saved["stored_bytes"] == sum(f.stat().st_size for f in (out / "adapter").iterdir())
+    base, _ = load_pretrained("tiny", checkpoint)
+    assert load_adapter(base, out / "adapter").num_virtual_tokens == 16
+    assert main(["finetune", "--method", "bitfit", "--size", "tiny", "--checkpoint", checkpoint,
+                 "--init", "uniform", "--no-progress"]) == 2
+    assert "--init is for prefix and prompt" in capsys.readouterr().err

@@ -1,0 +1,549 @@
+"""``tinypft finetune``: fine-tune a pretrained mini GPT-2 with one method on one task, and measure it.
+
+    tinypft finetune --method prefix --task e2e
+    tinypft finetune --method prompt --task rating --steps 300 --json
+    tinypft finetune --method bitfit --task e2e --sweep-lr 3e-3,1e-2,3e-2    # lr chosen on dev
+
+Tasks, on the shipped synthetic E2E data (or the real E2E with ``--data e2e`` and $TINYPFT_DATA):
+
+    e2e     MR -> restaurant description. Greedy decoding; corpus BLEU against all references of
+            each MR, and the slot error rate (missing + invented values / slots).
+    rating  reference -> low | average | high          (``tinypft.data.rating_task``)
+    match   MR || reference -> yes | no                (``tinypft.data.mr_match_task``)
+
+A classification answer is read without generating: at the first target position (the
+separator) the class whose label word has the largest logit wins. The frozen baseline has no
+label-word answer to learn, so on classification it trains a linear probe instead
+(``add_classification_head``, read at the last real token); on E2E it is the pretrained LM as it
+is, with nothing trained.
+
+One run: load the checkpoint; seed; wrap the model with the method; train on target tokens only
+(AdamW, linear warmup and decay, clipping at 1); bake Prefix-Tuning's MLP into the prefix; save
+the adapter to measure the bytes one task costs; evaluate on dev (and test). A seed repeats a run
+exactly. ``--sweep-lr`` trains once per learning rate, picks the best on dev, and only then looks
+at test, once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import (
+    E2EExample,
+    Tokenizer,
+    flatten_pairs,
+    load_e2e,
+    load_synth_e2e,
+    load_tokenizer,
+    low_data_subsets,
+    mr_match_task,
+    rating_task,
+)
+from ..engine import Tensor, functional, manual_seed, no_grad
+from ..peft import PeftModel, get_peft_model, infix_batch_loss
+from ..train import Batch, TrainConfig, TrainResult, encode_pairs, pad_batch, source_ids, train
+from ..train.metrics import evaluate_generation
+from ..train.pretrain import checkpoint_dir, load_pretrained, quick_mode
+from ..train.trainer import lm_batch_loss
+from . import report
+from .methods import METHODS, get_method, peft_config
+
+TASKS: tuple[str, ...] = ("e2e", "rating", "match")
+QUICK_STEPS, QUICK_EVAL = 20, 20  # TINYPFT_QUICK=1: just check that everything runs
+
+
+@dataclass
+class FinetuneSettings:
+    """Everything a run depends on. None means: the method's or the task's default."""
+
+    method: str
+    task: str = "e2e"
+    size: str = "small"
+    data: str = "synth"  # synth (shipped) or e2e (real, from $TINYPFT_DATA)
+    checkpoint: str | None = None  # checkpoint folder; default data/checkpoints/<size>
+    train_size: int | None = None  # MRs (e2e) or examples (classification); None: all
+    seed: int = 0
+    steps: int | None = None  # wins over epochs
+    epochs: int = 1
+    lr: float | None = None
+    batch_size: int = 8
+    warmup_ratio: float = 0.05
+    prefix_length: int | None = None  # P for prefix / prompt
+    prefix_hidden: int | None = None  # k, the prefix MLP's width
+    mlp: bool = True  # prefix: train through the MLP reparameterization
+    mode: str = "prefix"  # prefix: prefix | infix | embedding_only
+    init: str | None = None
+    init_text: str | None = None
+    eval_size: int | None = None  # evaluate a fixed, evenly spaced subset of dev/test; None: all
+    max_new_tokens: int = 64
+    eval_batch_size: int = 32
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        get_method(self.method)
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.data not in ("synth", "e2e"):
+            raise ValueError(f"data must be 'synth' or 'e2e', got {self.data!r}")
+
+    @property
+    def classification(self) -> bool:
+        return self.task != "e2e"
+
+    @property
+    def probe(self) -> bool:
+        """The frozen baseline on a classification task trains a linear probe."""
+        return self.method == "frozen" and self.classification
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class TaskData:
+    """A task's encoded training examples and its raw dev and test examples."""
+
+    task: str
+    train: list[tuple[list[int], list[int]]]  # (ids, labels); labels -100 off the target
+    dev: list[Any]  # E2EExample (e2e) or (source, label word) pairs
+    test: list[Any]
+    label_words: tuple[str, ...] = ()
+    train_units: int = 0  # MRs (e2e) or examples (classification) drawn for training
+    dropped: int = 0  # training examples longer than the context leaves room for
+    eval_note: str = ""
+
+
+def evenly_spaced(items: Sequence[Any], n: int | None) -> list[Any]:
+    """``n`` items spread evenly over ``items`` (always the same ones); all of them when n is None."""
+    if n is None or n >= len(items):
+        return list(items)
+    index = np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))
+    return [items[i] for i in index]
+
+
+def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int) -> TaskData:
+    """Training, dev and test data of ``settings.task``; training examples over ``max_length``
+    tokens are dropped (and counted). The training subset depends on the seed, dev/test do not."""
+    load = load_synth_e2e if settings.data == "synth" else load_e2e
+    splits: dict[str, list[E2EExample]] = {s: load(s) for s in ("train", "dev", "test")}
+    labels: tuple[str, ...] = ()
+    if settings.task == "e2e":
+        train_items: Sequence[Any] = splits["train"]
+        dev, test = splits["dev"], splits["test"]
+    else:
+        make = rating_task if settings.task == "rating" else mr_match_task
+        tasks = {s: make(examples) for s, examples in splits.items()}
+        labels = tasks["train"].labels
+        train_items = list(tasks["train"].examples)
+        dev, test = list(tasks["dev"].examples), list(tasks["test"].examples)
+    if settings.train_size is not None:
+        size, seed = settings.train_size, settings.seed
+        train_items = low_data_subsets(train_items, sizes=(size,), seeds=(seed,))[(size, seed)]
+    pairs = flatten_pairs(train_items) if settings.task == "e2e" else list(train_items)
+    if settings.probe:  # the class index at the last source token; see probe_loss
+        encoded = [probe_example(tokenizer, source, labels.index(label)) for source, label in pairs]
+        encoded = [ex for ex in encoded if len(ex[0]) <= max_length]
+    else:
+        encoded = encode_pairs(tokenizer, pairs, max_length=max_length)
+    note = ""
+    if settings.eval_size is not None and settings.eval_size < len(dev):
+        unit = "MRs" if settings.task == "e2e" else "examples"
+        note = f"dev/test: {settings.eval_size} evenly spaced {unit} of {len(dev)}/{len(test)}"
+    return TaskData(
+        task=settings.task,
+        train=encoded,
+        dev=evenly_spaced(dev, settings.eval_size),
+        test=evenly_spaced(test, settings.eval_size),
+        label_words=labels,
+        train_units=len(train_items),
+        dropped=len(pairs) - len(encoded),
+        eval_note=note,
+    )
+
+
+def probe_example(tokenizer: Tokenizer, source: str, label: int) -> tuple[list[int], list[int]]:
+    """A linear-probe example: ``bos source sep``, the class index as the label of the last token."""
+    ids = source_ids(tokenizer, source)
+    return ids, [-100] * (len(ids) - 1) + [label]
+
+
+def label_token_ids(tokenizer: Tokenizer, words: Sequence[str]) -> list[int]:
+    """The first token of each label word (as the target is encoded); they must differ."""
+    ids = [tokenizer.encode(word)[0] for word in words]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"label words {list(words)} share their first token; cannot score them apart")
+    return ids
+
+
+# ----------------------------------------------------------------------------- losses and scoring
+
+
+def last_real_index(attention_mask: np.ndarray) -> np.ndarray:
+    """Index of each row's last real token (B,) in a right-padded batch."""
+    return np.asarray(attention_mask).sum(axis=1) - 1
+
+
+def probe_loss(model: Any, batch: Batch) -> Tensor:
+    """Cross-entropy of the classification head (read at the last real token) against the class
+    index that ``probe_example`` stored there."""
+    out = model(batch.ids, attention_mask=batch.attention_mask)
+    classes = batch.labels[np.arange(len(batch.labels)), last_real_index(batch.attention_mask)]  # (B,)
+    return functional.cross_entropy(out.cls_logits, classes)
+
+
+class InfixAtSeparator:
+    """An infix model as ``evaluate_generation`` calls it: at prefill the infix goes before the
+    prompt's last token (the separator), where training put it; cached steps pass through."""
+
+    def __init__(self, model: PeftModel):
+        self.model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def __call__(self, ids: np.ndarray, attention_mask: np.ndarray | None = None, **kwargs: Any) -> Any:
+        if kwargs.get("cache") is None:
+            kwargs["infix_start"] = -1
+        return self.model(ids, attention_mask=attention_mask, **kwargs)
+
+
+def classify(
+    model: Any, tokenizer: Tokenizer, sources: Sequence[str], label_ids: Sequence[int] | None,
+    infix: bool = False, batch_size: int = 32,
+) -> np.ndarray:
+    """Predicted class per source (N,): by the label words' logits at the separator, or by the
+    classification head when ``label_ids`` is None."""
+    was_training = getattr(model, "training", False)
+    model.eval()
+    predictions = []
+    with no_grad():
+        for i in range(0, len(sources), batch_size):
+            prompts = [source_ids(tokenizer, s) for s in sources[i : i + batch_size]]
+            batch = pad_batch([(p, [-100] * len(p)) for p in prompts], tokenizer.pad_id)
+            last = last_real_index(batch.attention_mask)  # (B,) the separators
+            extra = {"infix_start": last} if infix else {}
+            out = model(batch.ids, attention_mask=batch.attention_mask, **extra)
+            if label_ids is None:
+                scores = out.cls_logits.data  # (B, C)
+            else:
+                scores = out.logits.data[np.arange(len(last)), last][:, list(label_ids)]  # (B, C)
+            predictions.append(np.argmax(scores, axis=1))
+    model.train(was_training)
+    return np.concatenate(predictions)
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    """A prepared run: the settings, data, wrapped model and its sizes, then what training did."""
+
+    settings: FinetuneSettings
+    tokenizer: Tokenizer
+    data: TaskData
+    model: PeftModel
+    manifest: dict[str, Any]
+    train_config: TrainConfig | None
+    trainable_params: int
+    total_params: int
+    base_params: int
+    result: TrainResult | None = None
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def infix(self) -> bool:
+        return self.settings.method == "prefix" and self.settings.mode == "infix"
+
+
+def prepare(
+    settings: FinetuneSettings, tokenizer: Tokenizer | None = None, data: TaskData | None = None
+) -> Run:
+    """Load the checkpoint and the data, and wrap the model with the method (seeded)."""
+    tokenizer = tokenizer or load_tokenizer()
+    base, manifest = load_pretrained(settings.size, directory=settings.checkpoint, tokenizer=tokenizer)
+    spec = get_method(settings.method)
+    virtual = 0
+    if settings.method in ("prefix", "prompt"):
+        virtual = settings.prefix_length or spec.num_virtual_tokens
+    if data is None:  # the P virtual tokens take P positions of the context in every mode
+        data = load_task(settings, tokenizer, max_length=base.config.context_length - virtual)
+    if not data.train and settings.method != "frozen":
+        raise ValueError("finetune: no training example fits the context; shorten --prefix-length")
+
+    manual_seed(settings.seed)  # the method's initialization (and a probe's head) draws from here
+    if settings.probe:
+        base.add_classification_head(len(data.label_words))
+    counts = None
+    if settings.method == "prompt":
+        counts = np.bincount(np.concatenate([ids for ids, _ in data.train]), minlength=base.config.vocab_size)
+    config = peft_config(
+        settings.method,
+        classification=settings.classification,
+        num_virtual_tokens=settings.prefix_length,
+        prefix_projection=settings.mlp,
+        encoder_hidden_size=settings.prefix_hidden,
+        mode=settings.mode,
+        init=settings.init,
+        init_text=settings.init_text,
+        label_words=data.label_words,
+        tokenizer=tokenizer,
+        token_counts=counts,
+    )
+    base_params = sum(p.size for name, p in base.named_parameters() if not name.startswith("cls_head."))
+    model = get_peft_model(base, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    return Run(
+        settings=settings, tokenizer=tokenizer, data=data, model=model, manifest=manifest,
+        train_config=make_train_config(settings, len(data.train), tokenizer.pad_id) if trainable else None,
+        trainable_params=trainable, total_params=total, base_params=base_params,
+    )
+
+
+def make_train_config(settings: FinetuneSettings, n_train: int, pad_id: int) -> TrainConfig:
+    """AdamW, linear warmup (``warmup_ratio`` of the steps) then linear decay, clipping at 1."""
+    spec = get_method(settings.method)
+    lr = settings.lr if settings.lr is not None else (spec.probe_lr if settings.probe else spec.lr)
+    steps = settings.steps or settings.epochs * -(-n_train // settings.batch_size)
+    return TrainConfig(
+        lr=lr, warmup_steps=round(settings.warmup_ratio * steps), schedule="linear", max_steps=steps,
+        batch_size=settings.batch_size, grad_clip=1.0, seed=settings.seed, progress=settings.progress,
+        pad_id=pad_id,
+    )
+
+
+def fit(run: Run, callback: Any = None) -> Run:
+    """Train what the method trains (nothing for the frozen LM), then bake a prefix MLP."""
+    if run.train_config is not None:
+        loss_fn = probe_loss if run.settings.probe else infix_batch_loss if run.infix else lm_batch_loss
+        run.result = train(run.model, run.data.train, run.train_config, loss_fn=loss_fn, callback=callback)
+    if run.settings.method == "prefix":
+        run.model.merge()  # inference form: what the adapter stores is what gets evaluated
+    run.model.eval()
+    return run
+
+
+def evaluate(run: Run, split: str) -> dict[str, Any]:
+    """Dev or test metrics: BLEU, SER (e2e) or accuracy (classification)."""
+    examples = run.data.dev if split == "dev" else run.data.test
+    s = run.settings
+    start = time.perf_counter()
+    if s.task == "e2e":
+        model = InfixAtSeparator(run.model) if run.infix else run.model
+        scores = evaluate_generation(
+            model, run.tokenizer, examples, max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size,
+            n_samples=3,
+        )
+        metrics = {k: scores[k] for k in ("bleu", "ser", "n")} | {"samples": scores["samples"]}
+    else:
+        sources = [source for source, _ in examples]
+        gold = np.array([run.data.label_words.index(label) for _, label in examples])
+        label_ids = None if s.probe else label_token_ids(run.tokenizer, run.data.label_words)
+        predicted = classify(run.model, run.tokenizer, sources, label_ids, run.infix, s.eval_batch_size)
+        metrics = {"accuracy": float((predicted == gold).mean()), "n": len(examples)}
+    metrics["seconds"] = time.perf_counter() - start
+    run.evals[split] = metrics
+    return metrics
+
+
+def summarize(run: Run) -> dict[str, Any]:
+    """The JSON record of a run: sizes, stored bytes, metrics, time, hyperparameters, provenance."""
+    s, result = run.settings, run.result
+    stored = run.model.stored_bytes_per_task()
+    checkpoint = Path(s.checkpoint) if s.checkpoint else checkpoint_dir(s.size)
+    return {
+        "method": s.method,
+        "task": s.task,
+        "data": s.data,
+        "size": s.size,
+        "seed": s.seed,
+        "trainable_params": run.trainable_params,
+        "total_params": run.total_params,
+        "base_params": run.base_params,
+        "trainable_pct": 100 * run.trainable_params / run.base_params,
+        "trainable_pct_of_all": 100 * run.trainable_params / run.total_params,
+        "stored_bytes": stored.total_bytes,
+        "stored_tensor_bytes": stored.tensor_file_bytes,
+        "stored_floats": stored.num_floats,
+        "dev": run.evals.get("dev"),
+        "test": run.evals.get("test"),
+        "eval_note": run.data.eval_note,
+        "train_seconds": result.seconds if result else 0.0,
+        "steps": result.steps if result else 0,
+        "tokens_per_sec": result.tokens_per_sec if result else 0.0,
+        "final_train_loss": float(np.mean(result.train_loss[-20:])) if result else None,
+        "train_examples": len(run.data.train),
+        "train_units": run.data.train_units,
+        "train_examples_dropped": run.data.dropped,
+        "hyperparameters": {
+            "settings": dataclasses.asdict(s),
+            "train_config": dataclasses.asdict(run.train_config) if run.train_config else None,
+            "peft_config": run.model.peft_config.to_dict(),
+        },
+        "command": finetune_command(s),
+        "checkpoint": {"dir": str(checkpoint), "weights_sha256": run.manifest.get("weights_sha256")},
+        "environment": report.environment(),
+    }
+
+
+def run_finetune(
+    settings: FinetuneSettings, splits: Sequence[str] = ("dev", "test"), out: str | Path | None = None,
+    tokenizer: Tokenizer | None = None, callback: Any = None,
+) -> dict[str, Any]:
+    """Prepare, train and evaluate one run; returns its record (see ``summarize``).
+
+    With ``out`` the record is written to ``out/result.json`` and the adapter to ``out/adapter/``.
+    ``callback(step, loss)`` is called after every training step.
+    """
+    run = fit(prepare(settings, tokenizer), callback)
+    for split in splits:
+        evaluate(run, split)
+    record = summarize(run)
+    if out is not None:
+        save_run(run, record, out)
+    return record
+
+
+def sweep_lr(
+    settings: FinetuneSettings, lrs: Sequence[float], out: str | Path | None = None,
+    tokenizer: Tokenizer | None = None,
+) -> dict[str, Any]:
+    """Train once per learning rate, evaluate each on dev only, keep the best (BLEU or accuracy)
+    and evaluate that one on test. The record of the chosen run gets a ``sweep`` list."""
+    if not lrs:
+        raise ValueError("sweep_lr: no learning rates")
+    tokenizer = tokenizer or load_tokenizer()
+    key = "bleu" if settings.task == "e2e" else "accuracy"
+    data, best, sweep = None, None, []
+    for lr in lrs:
+        run = fit(prepare(dataclasses.replace(settings, lr=lr), tokenizer, data))
+        data = run.data
+        dev = evaluate(run, "dev")
+        sweep.append({
+            "lr": lr,
+            "dev": {k: v for k, v in dev.items() if k != "samples"},
+            "train_seconds": run.result.seconds if run.result else 0.0,
+            "final_train_loss": float(np.mean(run.result.train_loss[-20:])) if run.result else None,
+        })
+        if best is None or dev[key] > best.evals["dev"][key]:
+            best = run
+    evaluate(best, "test")
+    record = summarize(best) | {"sweep": sweep, "sweep_metric": f"dev {key}"}
+    if out is not None:
+        save_run(best, record, out)
+    return record
+
+
+def save_run(run: Run, record: dict[str, Any], out: str | Path) -> None:
+    """``out/result.json`` and the adapter in ``out/adapter/``."""
+    out = Path(out)
+    run.model.save_adapter(out / "adapter")
+    report.write_json(out / "result.json", record)
+
+
+def finetune_command(s: FinetuneSettings) -> str:
+    """The ``tinypft finetune`` command line that repeats a run with these settings."""
+    args = ["tinypft", "finetune", "--method", s.method, "--task", s.task, "--size", s.size, "--data", s.data,
+            "--seed", str(s.seed), "--batch-size", str(s.batch_size)]
+    args += ["--max-new-tokens", str(s.max_new_tokens)] if s.task == "e2e" else []
+    args += ["--steps", str(s.steps)] if s.steps else ["--epochs", str(s.epochs)]
+    optional = {
+        "--lr": s.lr, "--train-size": s.train_size, "--eval-size": s.eval_size, "--checkpoint": s.checkpoint,
+        "--prefix-length": s.prefix_length, "--prefix-hidden": s.prefix_hidden, "--init": s.init,
+        "--init-text": s.init_text,
+    }
+    args += [item for flag, value in optional.items() if value is not None for item in (flag, str(value))]
+    if s.method == "prefix":
+        args += ["--mode", s.mode] + ([] if s.mlp else ["--no-mlp"])
+    return shlex.join(args)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", choices=list(METHODS), required=True)
+    parser.add_argument("--task", choices=TASKS, default="e2e")
+    parser.add_argument("--size", default="small", help="shipped checkpoint: tiny, small or medium")
+    parser.add_argument("--checkpoint", help="checkpoint folder (default data/checkpoints/<size>)")
+    parser.add_argument("--data", choices=("synth", "e2e"), default="synth",
+                        help="shipped synthetic data, or the real E2E from $TINYPFT_DATA")
+    parser.add_argument("--train-size", type=int, help="training MRs (e2e) or examples; default all")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, help="optimizer steps (wins over --epochs)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
+    parser.add_argument("--sweep-lr", help="comma-separated learning rates: pick the best on dev, then test")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--prefix-length", type=int, help="P, virtual tokens of prefix / prompt")
+    parser.add_argument("--prefix-hidden", type=int, help="k, width of the prefix MLP (default 512)")
+    parser.add_argument("--no-mlp", action="store_true", help="prefix: optimize the prefix directly")
+    parser.add_argument("--mode", choices=("prefix", "infix", "embedding_only"), default="prefix")
+    parser.add_argument("--init", help="prefix: random | real_words; prompt: uniform | sampled_vocab | "
+                        "class_labels | text | random_normal")
+    parser.add_argument("--init-text", help="text for the real_words / text inits")
+    parser.add_argument("--eval-size", type=int, help="evaluate a fixed subset of dev/test (default all)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--out", help="folder for result.json and the adapter")
+    parser.add_argument("--json", action="store_true", help="print the record as JSON only")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
+    settings = FinetuneSettings(
+        method=args.method, task=args.task, size=args.size, data=args.data, checkpoint=args.checkpoint,
+        train_size=args.train_size, seed=args.seed, steps=args.steps, epochs=args.epochs, lr=args.lr,
+        batch_size=args.batch_size, prefix_length=args.prefix_length, prefix_hidden=args.prefix_hidden,
+        mlp=not args.no_mlp, mode=args.mode, init=args.init, init_text=args.init_text,
+        eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+    )
+    if quick_mode():
+        settings.steps = min(settings.steps or QUICK_STEPS, QUICK_STEPS)
+        settings.eval_size = min(settings.eval_size or QUICK_EVAL, QUICK_EVAL)
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+        if args.sweep_lr:
+            lrs = [float(x) for x in args.sweep_lr.split(",") if x.strip()]
+            record = sweep_lr(settings, lrs, out=args.out)
+        else:
+            record = run_finetune(settings, out=args.out)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"tinypft finetune: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(record, indent=2))
+        return 0
+    print_record(record)
+    if args.out:
+        print(f"wrote {Path(args.out) / 'result.json'} and the adapter in {Path(args.out) / 'adapter'}")
+    return 0
+
+
+def print_record(record: dict[str, Any]) -> None:
+    """The run as a one-row table, the sweep if there was one, and a few dev outputs."""
+    for entry in record.get("sweep", []):
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in entry["dev"].items() if k in ("bleu", "ser", "accuracy"))
+        print(f"lr {entry['lr']:g}: dev {shown}")
+    if record.get("sweep"):
+        print(f"chosen by {record['sweep_metric']}: lr {record['hyperparameters']['train_config']['lr']:g}")
+    print(report.format_table([report.record_row(record)]))
+    if record["eval_note"]:
+        print(record["eval_note"])
+    for sample in (record["dev"] or {}).get("samples", [])[:2]:
+        print(f"  {sample['source']}\n  -> {' '.join(sample['output'].split())}")
+    print(f"command: {record['command']}")

@@ -1,0 +1,149 @@
+"""``tinypft showdown``: every method on the synthetic E2E data: one table, one JSON, one plot.
+
+    tinypft showdown --quick     # under 2 minutes on 2 CPU cores (a subset of dev/test, said so)
+    tinypft showdown             # under 15 minutes: longer training, all 300 dev and test MRs
+
+Each method (frozen, full, bitfit, prefix with its MLP, prompt) starts from the same shipped
+checkpoint, trains for the same number of steps on the same batches with its own default learning
+rate (``methods.py``), and is scored the same way: greedy decoding, corpus BLEU against all
+references of each MR, and slot error rate. The frozen method is the pretrained LM with nothing
+trained, scored as it is. The table lists what each method trains, what one task costs on disk,
+the dev and test metrics and the training time; ``showdown.json`` holds every run with its
+hyperparameters, the exact command, the budget and the versions; ``showdown.png`` plots the test
+metrics against the number of trainable parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..data import load_tokenizer
+from . import report
+from .finetune import FinetuneSettings, run_finetune
+
+SHOWDOWN_METHODS: tuple[str, ...] = ("frozen", "full", "bitfit", "prefix", "prompt")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work one showdown does (per method and seed)."""
+
+    name: str
+    steps: int  # optimizer steps of batch_size (MR, reference) pairs
+    eval_size: int | None  # dev and test MRs scored (an evenly spaced, fixed subset); None: all 300
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    time_limit: str = ""  # what it must fit into, for the report
+
+    def describe(self) -> str:
+        n = self.eval_size
+        scored = "all dev and test MRs" if n is None else f"{n} dev and {n} test MRs"
+        return (f"{self.steps} steps of batch {self.batch_size} per method, {scored}, greedy decoding "
+                f"of at most {self.max_new_tokens} tokens")
+
+
+BUDGETS: dict[str, Budget] = {
+    "quick": Budget("quick", steps=250, eval_size=50, time_limit="2 minutes on 2 CPU cores"),
+    "default": Budget("default", steps=2000, eval_size=None, time_limit="15 minutes on 2 CPU cores"),
+    "test": Budget("test", steps=3, eval_size=3, max_new_tokens=6, time_limit="seconds (tests only)"),
+}
+
+
+def run_showdown(
+    budget: Budget,
+    size: str = "small",
+    seeds: int = 1,
+    out: str | Path | None = None,
+    checkpoint: str | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
+    """Run every method for ``seeds`` seeds (0, 1, ...) within ``budget``; returns the showdown
+    record (rows: means over seeds) and, with ``out``, writes showdown.json, .md and .png there."""
+    if seeds < 1:
+        raise ValueError(f"showdown: seeds must be >= 1, got {seeds}")
+    tokenizer = load_tokenizer()
+    start = time.perf_counter()
+    trained = [m for m in SHOWDOWN_METHODS if m != "frozen"]
+    bar = tqdm(total=seeds * len(trained) * budget.steps, unit="step", disable=not progress, desc="showdown")
+    records = []
+    try:
+        for seed in range(seeds):
+            for method in SHOWDOWN_METHODS:
+                bar.set_description(f"{method} (seed {seed})")
+                settings = FinetuneSettings(
+                    method=method, task="e2e", size=size, checkpoint=checkpoint, seed=seed,
+                    steps=budget.steps, batch_size=budget.batch_size, eval_size=budget.eval_size,
+                    max_new_tokens=budget.max_new_tokens, progress=False,
+                )
+                records.append(run_finetune(settings, tokenizer=tokenizer, callback=lambda *_: bar.update(1)))
+    finally:
+        bar.close()
+    rows = report.aggregate([report.record_row(r) for r in records])
+    result = {
+        "command": command,
+        "budget": dataclasses.asdict(budget) | {"description": budget.describe()},
+        "size": size,
+        "seeds": list(range(seeds)),
+        "eval_note": records[0]["eval_note"],
+        "wall_seconds": time.perf_counter() - start,
+        "rows": rows,
+        "table": report.format_table(rows),
+        "environment": report.environment(),
+        "runs": [{k: v for k, v in r.items() if k != "environment"} for r in records],
+    }
+    if out is not None:
+        out = Path(out)
+        title = f"synthetic E2E, {size} model, {budget.name} budget ({budget.steps} steps)"
+        report.write_json(out / "showdown.json", result)
+        report.plot_tradeoff(rows, out / "showdown.png", title=title)
+        (out / "showdown.md").write_text(result["table"] + "\n")
+    return result
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help=f"quick budget ({BUDGETS['quick'].time_limit})")
+    parser.add_argument("--size", default="small", help="shipped checkpoint: tiny, small or medium")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per method (0, 1, ...); rows show means")
+    parser.add_argument("--out", help="output folder (default runs/showdown or runs/showdown-quick)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)  # tests: a checkpoint folder of their own
+    parser.add_argument("--test-budget", action="store_true", help=argparse.SUPPRESS)  # tests: a few steps
+
+
+def run(args: argparse.Namespace) -> int:
+    budget = BUDGETS["test" if args.test_budget else "quick" if args.quick else "default"]
+    out = Path(args.out or ("runs/showdown-quick" if args.quick else "runs/showdown"))
+    command = ["tinypft", "showdown"] + (["--quick"] if args.quick else [])
+    command += ["--size", args.size, "--seeds", str(args.seeds), "--out", str(out)]
+    command += (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+    command += ["--test-budget"] if args.test_budget else []
+    print(f"showdown, {budget.name} budget: {budget.describe()}; must fit in {budget.time_limit}")
+    try:
+        result = run_showdown(
+            budget, size=args.size, seeds=args.seeds, out=out, checkpoint=args.checkpoint,
+            progress=not args.no_progress, command=shlex.join(command),
+        )
+    except (ValueError, FileNotFoundError) as err:
+        print(f"tinypft showdown: {err}", file=sys.stderr)
+        return 2
+    print(result["table"])
+    if result["eval_note"]:
+        print(f"note: {result['eval_note']} (a fixed subset; the full sets take the default budget)")
+    print("trainable: parameters updated in training (prefix: its MLP too); % of base: of the pretrained "
+          "model's parameters; stored/task: adapter files one task needs (prefix: the baked prefix only)")
+    print(f"wall time {result['wall_seconds']:.0f} s; wrote {out / 'showdown.json'}, {out / 'showdown.md'} "
+          f"and {out / 'showdown.png'}")
+    return 0
