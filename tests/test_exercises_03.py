@@ -234,7 +234,7 @@ def pack_sliding_windows(documents, context_length, eos_id, max_windows=None):
 
 WRONG = [
     (exercises.check_count_pairs, unweighted_pairs, "add the word's count"),
-    (exercises.check_count_pairs, distinct_pairs, r"\(5, 5, 5\) holds \(5, 5\) twice"),
+    (exercises.check_count_pairs, distinct_pairs, r"\(5, 5, 5\) holds \(5, 5\) at two positions"),
     (exercises.check_count_pairs, pairs_as_list, "expected a dict"),
     (exercises.check_count_pairs, pairs_changing_the_input, "changed its input"),
     (exercises.check_merge_pair, overlapping_merge, "may not overlap"),

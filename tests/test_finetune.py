@@ -37,7 +37,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
 def tiny(checkpoint: str, method: str, task: str = "e2e", **overrides) -> FinetuneSettings:
     """Settings for a run of a few steps, scored on a handful of examples."""
     values = dict(method=method, task=task, size="tiny", checkpoint=checkpoint, steps=3, eval_size=6,
-                  max_new_tokens=4, prefix_hidden=16, progress=False)
+                  max_new_tokens=4, prefix_hidden=16 if method == "prefix" else None, progress=False)
     return FinetuneSettings(**(values | overrides))
 
 
@@ -138,6 +138,8 @@ def test_finetune_command_writes_the_record_and_a_loadable_adapter(checkpoint, t
     assert saved["stored_bytes"] == sum(f.stat().st_size for f in (out / "adapter").iterdir())
     base, _ = load_pretrained("tiny", checkpoint)
     assert load_adapter(base, out / "adapter").num_virtual_tokens == 16
-    assert main(["finetune", "--method", "bitfit", "--size", "tiny", "--checkpoint", checkpoint,
-                 "--init", "uniform", "--no-progress"]) == 2
-    assert "--init is for prefix and prompt" in capsys.readouterr().err
+    for wrong, message in ((["--init", "uniform"], "--init is for prefix and prompt"),
+                           (["--mode", "infix"], "options of the prefix method")):
+        assert main(["finetune", "--method", "bitfit", "--size", "tiny", "--checkpoint", checkpoint,
+                     *wrong, "--no-progress"]) == 2
+        assert message in capsys.readouterr().err

@@ -315,6 +315,7 @@ def test_embedding_backward_matches_scatter_add(ids_shape: tuple[int, ...], num_
     grad = rng.standard_normal((*ids_shape, 3)).astype(np.float32)
     expected = np.zeros((num_rows, 3), np.float32)
     np.add.at(expected, ids.reshape(-1), grad.reshape(-1, 3))
-    got = fused.embedding_backward(ids, grad, num_rows)
-    assert got.shape == (num_rows, 3) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    for id_dtype in (np.int64, np.uint16):
+        got = fused.embedding_backward(ids.astype(id_dtype), grad, num_rows)
+        assert got.shape == (num_rows, 3) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

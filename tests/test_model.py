@@ -11,6 +11,7 @@ import tinypft
 from tinypft.engine import Tensor, functional
 from tinypft.model import GPT, GPTConfig
 
+
 @pytest.fixture(autouse=True)
 def float64_by_default():
     with tinypft.default_dtype(np.float64):
@@ -103,7 +104,9 @@ def test_infix_prefix_is_invisible_before_its_start():
     ids = ids_for(model, 1, 6)
     rng = np.random.default_rng(3)
     H, hd = 2, 4
-    prefix = [(Tensor(rng.normal(size=(1, H, 2, hd))), Tensor(rng.normal(size=(1, H, 2, hd)))) for _ in range(2)]
+    prefix = [
+        (Tensor(rng.normal(size=(1, H, 2, hd))), Tensor(rng.normal(size=(1, H, 2, hd)))) for _ in range(2)
+    ]
     positions = np.arange(6)[None]
     plain = model(ids, position_ids=positions).logits.data
     infix = model(ids, position_ids=positions, kv_prefix=prefix, kv_prefix_start=np.array([3])).logits.data
@@ -172,7 +175,9 @@ def test_logits_and_every_gradient_equal_pytorch():
     loss.backward()
     t_targets = torch.full((3, 9), -100)
     t_targets[:, :-1] = torch.from_numpy(labels[:, 1:])
-    t_loss = torch.nn.functional.cross_entropy(t_logits.reshape(-1, 20), t_targets.reshape(-1), ignore_index=-100)
+    t_loss = torch.nn.functional.cross_entropy(
+        t_logits.reshape(-1, 20), t_targets.reshape(-1), ignore_index=-100
+    )
     t_loss.backward()
     assert abs(loss.item() - t_loss.item()) < 1e-12
     t_params = dict(twin.named_parameters())
@@ -189,7 +194,9 @@ def test_kv_prefix_equals_pytorch():
     rng = np.random.default_rng(1)
     raw = [(rng.normal(size=(1, 2, 3, 4)), rng.normal(size=(1, 2, 3, 4))) for _ in range(2)]
     ours = model(ids, kv_prefix=[(Tensor(k), Tensor(v)) for k, v in raw]).logits.data
-    theirs = torch_twin(model)(torch.from_numpy(ids), kv_prefix=[(torch.from_numpy(k), torch.from_numpy(v)) for k, v in raw])
+    theirs = torch_twin(model)(
+        torch.from_numpy(ids), kv_prefix=[(torch.from_numpy(k), torch.from_numpy(v)) for k, v in raw]
+    )
     np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
@@ -212,7 +219,9 @@ def _hf_forward(hf: dict, cfg: dict, ids: np.ndarray) -> np.ndarray:
         y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         x = x + y.transpose(1, 2).reshape(B, T, d) @ t[p + "attn.c_proj.weight"] + t[p + "attn.c_proj.bias"]
         h = ln(x, (d,), t[p + "ln_2.weight"], t[p + "ln_2.bias"], cfg["layer_norm_epsilon"])
-        h = torch.nn.functional.gelu(h @ t[p + "mlp.c_fc.weight"] + t[p + "mlp.c_fc.bias"], approximate="tanh")
+        h = torch.nn.functional.gelu(
+            h @ t[p + "mlp.c_fc.weight"] + t[p + "mlp.c_fc.bias"], approximate="tanh"
+        )
         x = x + h @ t[p + "mlp.c_proj.weight"] + t[p + "mlp.c_proj.bias"]
     x = ln(x, (d,), t["ln_f.weight"], t["ln_f.bias"], cfg["layer_norm_epsilon"])
     return (x @ t["wte.weight"].T).numpy()
@@ -221,27 +230,48 @@ def _hf_forward(hf: dict, cfg: dict, ids: np.ndarray) -> np.ndarray:
 def test_from_hf_gpt2_loads_a_checkpoint_in_that_layout(tmp_path):
     from safetensors.numpy import save_file
 
-    cfg = {"vocab_size": 30, "n_positions": 16, "n_embd": 12, "n_layer": 2, "n_head": 3,
-           "layer_norm_epsilon": 1e-5, "model_type": "gpt2"}
+    cfg = {
+        "vocab_size": 30,
+        "n_positions": 16,
+        "n_embd": 12,
+        "n_layer": 2,
+        "n_head": 3,
+        "layer_norm_epsilon": 1e-5,
+        "model_type": "gpt2",
+    }
     rng = np.random.default_rng(0)
     d, f = 12, 48
-    hf = {"wte.weight": rng.normal(size=(30, d)), "wpe.weight": rng.normal(size=(16, d)),
-          "ln_f.weight": rng.normal(size=d), "ln_f.bias": rng.normal(size=d)}
+    hf = {
+        "wte.weight": rng.normal(size=(30, d)),
+        "wpe.weight": rng.normal(size=(16, d)),
+        "ln_f.weight": rng.normal(size=d),
+        "ln_f.bias": rng.normal(size=d),
+    }
     for i in range(2):
         p = f"h.{i}."
-        hf |= {p + "ln_1.weight": rng.normal(size=d), p + "ln_1.bias": rng.normal(size=d),
-               p + "ln_2.weight": rng.normal(size=d), p + "ln_2.bias": rng.normal(size=d),
-               p + "attn.c_attn.weight": rng.normal(size=(d, 3 * d)) * 0.3, p + "attn.c_attn.bias": rng.normal(size=3 * d),
-               p + "attn.c_proj.weight": rng.normal(size=(d, d)) * 0.3, p + "attn.c_proj.bias": rng.normal(size=d),
-               p + "mlp.c_fc.weight": rng.normal(size=(d, f)) * 0.3, p + "mlp.c_fc.bias": rng.normal(size=f),
-               p + "mlp.c_proj.weight": rng.normal(size=(f, d)) * 0.3, p + "mlp.c_proj.bias": rng.normal(size=d)}
+        hf |= {
+            p + "ln_1.weight": rng.normal(size=d),
+            p + "ln_1.bias": rng.normal(size=d),
+            p + "ln_2.weight": rng.normal(size=d),
+            p + "ln_2.bias": rng.normal(size=d),
+            p + "attn.c_attn.weight": rng.normal(size=(d, 3 * d)) * 0.3,
+            p + "attn.c_attn.bias": rng.normal(size=3 * d),
+            p + "attn.c_proj.weight": rng.normal(size=(d, d)) * 0.3,
+            p + "attn.c_proj.bias": rng.normal(size=d),
+            p + "mlp.c_fc.weight": rng.normal(size=(d, f)) * 0.3,
+            p + "mlp.c_fc.bias": rng.normal(size=f),
+            p + "mlp.c_proj.weight": rng.normal(size=(f, d)) * 0.3,
+            p + "mlp.c_proj.bias": rng.normal(size=d),
+        }
     hf = {k: v.astype(np.float32) for k, v in hf.items()}
     save_file(hf, str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps(cfg))
 
     model = GPT.from_hf_gpt2(tmp_path)
     assert model.config.d_model == 12 and model.config.context_length == 16
-    np.testing.assert_array_equal(model.blocks[1].attn.k_proj.bias.data, hf["h.1.attn.c_attn.bias"][d : 2 * d])
+    np.testing.assert_array_equal(
+        model.blocks[1].attn.k_proj.bias.data, hf["h.1.attn.c_attn.bias"][d : 2 * d]
+    )
     ids = rng.integers(0, 30, (2, 7))
     expected = _hf_forward(hf, cfg, ids)
     np.testing.assert_allclose(model(ids).logits.data, expected, rtol=1e-10, atol=1e-10)

@@ -19,7 +19,9 @@ class TorchBlock(nn.Module):
         super().__init__()
         self.n_heads = n_heads
         self.ln_1 = nn.LayerNorm(d, eps=eps)
-        self.attn = nn.ModuleDict({name: nn.Linear(d, d) for name in ("q_proj", "k_proj", "v_proj", "o_proj")})
+        self.attn = nn.ModuleDict(
+            {name: nn.Linear(d, d) for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+        )
         self.ln_2 = nn.LayerNorm(d, eps=eps)
         self.mlp = nn.ModuleDict({"fc_in": nn.Linear(d, d_ff), "fc_out": nn.Linear(d_ff, d)})
 
@@ -42,16 +44,28 @@ class TorchBlock(nn.Module):
 class TorchGPT(nn.Module):
     """GPT-2 with learned positions, pre-LN blocks, tied head; parameter names match tinypft's GPT."""
 
-    def __init__(self, vocab_size: int, context_length: int, d_model: int, n_layers: int, n_heads: int,
-                 d_ff: int, layer_norm_eps: float = 1e-5, **_: object):
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        d_ff: int,
+        layer_norm_eps: float = 1e-5,
+        **_: object,
+    ):
         super().__init__()
         self.wte = nn.Embedding(vocab_size, d_model)
         self.wpe = nn.Embedding(context_length, d_model)
-        self.blocks = nn.ModuleList(TorchBlock(d_model, n_heads, d_ff, layer_norm_eps) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(
+            TorchBlock(d_model, n_heads, d_ff, layer_norm_eps) for _ in range(n_layers)
+        )
         self.ln_f = nn.LayerNorm(d_model, eps=layer_norm_eps)
 
-    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                kv_prefix: list | None = None) -> torch.Tensor:
+    def forward(
+        self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None, kv_prefix: list | None = None
+    ) -> torch.Tensor:
         B, T = ids.shape
         P = 0 if kv_prefix is None else kv_prefix[0][0].shape[2]
         real = torch.ones(B, T, dtype=torch.bool) if attention_mask is None else attention_mask.bool()

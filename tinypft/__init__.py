@@ -1,4 +1,4 @@
-"""tinypft: parameter-efficient fine-tuning (BitFit, Prefix-Tuning, Prompt-Tuning) built from first principles."""
+"""tinypft: parameter-efficient fine-tuning (BitFit, Prefix-Tuning, Prompt-Tuning) from first principles."""
 
 __version__ = "0.1.0"
 
@@ -26,9 +26,30 @@ from .engine.ops import (  # noqa: E402
     tanh,
     where,
 )
+from .threads import get_num_threads, set_num_threads  # noqa: E402
 
 __all__ = [
-    "Function", "GradcheckError", "Tensor", "__version__", "concat", "default_dtype", "embedding", "exp",
-    "gelu", "get_default_dtype", "gradcheck", "log", "manual_seed", "matmul", "no_grad", "relu",
-    "set_default_dtype", "sqrt", "stack", "tanh", "where",
+    "Function",
+    "GradcheckError",
+    "Tensor",
+    "__version__",
+    "concat",
+    "default_dtype",
+    "embedding",
+    "exp",
+    "gelu",
+    "get_default_dtype",
+    "get_num_threads",
+    "gradcheck",
+    "log",
+    "manual_seed",
+    "matmul",
+    "no_grad",
+    "relu",
+    "set_default_dtype",
+    "set_num_threads",
+    "sqrt",
+    "stack",
+    "tanh",
+    "where",
 ]

@@ -44,6 +44,9 @@ COMMANDS: dict[str, Command] = {
     "showdown": Command(
         "tinypft.experiments.showdown", "compare every method on synthetic E2E: table, JSON and plot"
     ),
+    "bench": Command(
+        "tinypft.bench", "time training steps, generation and matmuls; optionally against PyTorch"
+    ),
 }
 
 

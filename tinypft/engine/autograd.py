@@ -239,7 +239,9 @@ class Tensor:
                     if ig is None or not inp.requires_grad:
                         continue
                     if ig.shape != inp.shape:  # a bug in an op's backward, never the user's fault
-                        raise RuntimeError(f"{node.fn.__name__}.backward gave shape {ig.shape} for input {inp.shape}")
+                        raise RuntimeError(
+                            f"{node.fn.__name__}.backward gave shape {ig.shape} for input {inp.shape}"
+                        )
                     key = id(inp)
                     grads[key] = ig if key not in grads else grads[key] + ig
             if not retain_graph:
@@ -347,7 +349,9 @@ class Tensor:
         return ops.max(self, axis, keepdims)
 
     def reshape(self, *shape: Any) -> Tensor:
-        return ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], tuple | list) else shape)
+        return ops.reshape(
+            self, shape[0] if len(shape) == 1 and isinstance(shape[0], tuple | list) else shape
+        )
 
     def permute(self, *axes: int) -> Tensor:
         return ops.permute(self, axes[0] if len(axes) == 1 and isinstance(axes[0], tuple | list) else axes)

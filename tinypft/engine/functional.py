@@ -97,12 +97,17 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Ten
     if targets.dtype.kind not in "iu":
         raise TypeError(f"cross_entropy: targets must be integers, got dtype {targets.dtype}")
     if logits.shape[:-1] != targets.shape:
-        raise ValueError(f"cross_entropy: logits {logits.shape} need targets of shape {logits.shape[:-1]}, got {targets.shape}")
+        raise ValueError(
+            f"cross_entropy: logits {logits.shape} need targets of shape {logits.shape[:-1]}, "
+            f"got {targets.shape}"
+        )
     num_classes = logits.shape[-1]
     flat_targets = targets.reshape(-1)  # (N,)
     rows = np.flatnonzero(flat_targets != ignore_index)  # (n,) positions that count
     if rows.size == 0:
-        raise ValueError(f"cross_entropy: every target equals ignore_index={ignore_index}; nothing to average")
+        raise ValueError(
+            f"cross_entropy: every target equals ignore_index={ignore_index}; nothing to average"
+        )
     picked = flat_targets[rows]
     if picked.min() < 0 or picked.max() >= num_classes:
         bad = picked.max() if picked.max() >= num_classes else picked.min()

@@ -322,6 +322,6 @@ def embedding_backward(ids: np.ndarray, grad: np.ndarray, num_rows: int) -> np.n
         return dweight
     order = np.argsort(flat_ids, kind="stable")
     sorted_ids = flat_ids[order]  # (N,)
-    starts = np.flatnonzero(np.diff(sorted_ids, prepend=sorted_ids[0] - 1))  # first index of each run
+    starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))  # where runs begin
     dweight[sorted_ids[starts]] = np.add.reduceat(flat_grad[order], starts, axis=0)
     return dweight

@@ -34,7 +34,8 @@ class GradcheckReport:
     worst: str  # where the worst element (relative to its tolerance) was
 
     def __str__(self) -> str:
-        return f"{self.checked} elements, max abs err {self.max_abs_error:.2e}, max rel err {self.max_rel_error:.2e}"
+        errors = f"max abs err {self.max_abs_error:.2e}, max rel err {self.max_rel_error:.2e}"
+        return f"{self.checked} elements, {errors}"
 
 
 def gradcheck(
@@ -92,7 +93,9 @@ def gradcheck(
             ratio = err / (atol + rtol * abs(numeric))
             report.checked += 1
             report.max_abs_error = max(report.max_abs_error, err)
-            report.max_rel_error = max(report.max_rel_error, err / max(abs(numeric), 1e-12) if err > 0 else 0.0)
+            report.max_rel_error = max(
+                report.max_rel_error, err / max(abs(numeric), 1e-12) if err > 0 else 0.0
+            )
             if ratio >= worst_ratio:
                 worst_ratio = ratio
                 index = [int(i) for i in np.unravel_index(j, t.shape)] if t.ndim else []

@@ -280,7 +280,9 @@ class MatMul(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if a.ndim == 0 or b.ndim == 0:
-            raise ValueError(f"matmul: operands must have at least 1 dimension, got shapes {a.shape} and {b.shape}")
+            raise ValueError(
+                f"matmul: operands must have at least 1 dimension, got shapes {a.shape} and {b.shape}"
+            )
         k_a, k_b = a.shape[-1], b.shape[0] if b.ndim == 1 else b.shape[-2]
         if k_a != k_b:
             raise ValueError(
@@ -292,7 +294,9 @@ class MatMul(Function):
         try:
             return np.matmul(a, b)
         except ValueError:
-            raise ValueError(f"matmul: batch dimensions of {a.shape} and {b.shape} cannot be broadcast") from None
+            raise ValueError(
+                f"matmul: batch dimensions of {a.shape} and {b.shape} cannot be broadcast"
+            ) from None
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -391,7 +395,9 @@ class Reshape(Function):
         try:
             return x.reshape(shape)
         except ValueError:
-            raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} into {tuple(shape)}") from None
+            raise ValueError(
+                f"reshape: cannot reshape a tensor of shape {x.shape} into {tuple(shape)}"
+            ) from None
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -405,7 +411,9 @@ class Permute(Function):
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         if sorted(ax % x.ndim for ax in axes) != list(range(x.ndim)):
-            raise ValueError(f"permute: {tuple(axes)} is not a permutation of the axes of a {x.ndim}-d tensor")
+            raise ValueError(
+                f"permute: {tuple(axes)} is not a permutation of the axes of a {x.ndim}-d tensor"
+            )
         ctx.save_for_backward(np.argsort([ax % x.ndim for ax in axes]))
         return np.transpose(x, axes)
 
@@ -495,7 +503,9 @@ class Stack(Function):
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         (axis,) = ctx.saved
-        return tuple(np.take(g, i, axis=axis) if need else None for i, need in enumerate(ctx.needs_input_grad))
+        return tuple(
+            np.take(g, i, axis=axis) if need else None for i, need in enumerate(ctx.needs_input_grad)
+        )
 
 
 class Where(Function):
@@ -507,7 +517,9 @@ class Where(Function):
         try:
             return np.where(cond, a, b)
         except ValueError:
-            raise ValueError(f"where: shapes {cond.shape}, {a.shape} and {b.shape} cannot be broadcast") from None
+            raise ValueError(
+                f"where: shapes {cond.shape}, {a.shape} and {b.shape} cannot be broadcast"
+            ) from None
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -586,7 +598,9 @@ def neg(x: Tensor) -> Tensor:
 
 def pow(x: Tensor, exponent: float) -> Tensor:  # noqa: A001 (mirrors the operator's name)
     if isinstance(exponent, Tensor):
-        raise TypeError("pow: the exponent must be a Python number (use exp(b * log(a)) for a tensor exponent)")
+        raise TypeError(
+            "pow: the exponent must be a Python number (use exp(b * log(a)) for a tensor exponent)"
+        )
     return Pow.apply(x, exponent=float(exponent))
 
 

@@ -96,6 +96,10 @@ class FinetuneSettings:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.data not in ("synth", "e2e"):
             raise ValueError(f"data must be 'synth' or 'e2e', got {self.data!r}")
+        if self.method != "prefix" and (self.mode != "prefix" or not self.mlp or self.prefix_hidden):
+            raise ValueError("--mode, --no-mlp and --prefix-hidden are options of the prefix method")
+        if self.method not in ("prefix", "prompt") and self.prefix_length:
+            raise ValueError("--prefix-length is an option of the prefix and prompt methods")
 
     @property
     def classification(self) -> bool:
@@ -314,7 +318,8 @@ def prepare(
 def make_train_config(settings: FinetuneSettings, n_train: int, pad_id: int) -> TrainConfig:
     """AdamW, linear warmup (``warmup_ratio`` of the steps) then linear decay, clipping at 1."""
     spec = get_method(settings.method)
-    lr = settings.lr if settings.lr is not None else (spec.probe_lr if settings.probe else spec.lr)
+    lr = spec.classification_lr if settings.classification else spec.lr
+    lr = settings.lr if settings.lr is not None else lr
     steps = settings.steps or settings.epochs * -(-n_train // settings.batch_size)
     return TrainConfig(
         lr=lr, warmup_steps=round(settings.warmup_ratio * steps), schedule="linear", max_steps=steps,

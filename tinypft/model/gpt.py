@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine import Tensor, functional as F, ops
+from ..engine import Tensor, ops
+from ..engine import functional as F
 from ..engine.random import get_rng
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
 from .config import GPTConfig
@@ -115,8 +116,12 @@ class CausalSelfAttention(Module):
         if kv_prefix is not None:
             p_k, p_v = kv_prefix  # (B|1, H, P, hd)
             P = p_k.shape[2]
-            k = ops.concat([p_k.broadcast_to((B, self.n_heads, P, self.head_dim)), k], axis=2)  # (B, H, Tk, hd)
-            v = ops.concat([p_v.broadcast_to((B, self.n_heads, P, self.head_dim)), v], axis=2)  # (B, H, Tk, hd)
+            k = ops.concat(
+                [p_k.broadcast_to((B, self.n_heads, P, self.head_dim)), k], axis=2
+            )  # (B, H, Tk, hd)
+            v = ops.concat(
+                [p_v.broadcast_to((B, self.n_heads, P, self.head_dim)), v], axis=2
+            )  # (B, H, Tk, hd)
         y = F.attention(q, k, v, mask)  # (B, H, T, hd)
         y = y.permute(0, 2, 1, 3).reshape(B, T, d)  # (B, T, d)
         return self.resid_dropout(self.o_proj(y)), (k, v)
@@ -222,11 +227,13 @@ class GPT(Module):
         ids = self._check_ids(ids)
         B, T = ids.shape
         cfg = self.config
-        token_mask = np.ones((B, T), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+        token_mask = (
+            np.ones((B, T), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+        )
         if token_mask.shape != (B, T):
             raise ValueError(f"GPT: attention_mask has shape {token_mask.shape}, ids have {ids.shape}")
 
-        # The sequence the blocks see: [prompt (P_in)] + tokens; keys: [kv prefix (P_kv)] + [cache] + sequence.
+        # The blocks see [prompt (P_in)] + tokens; the keys are [kv prefix (P_kv)] + [cache] + that sequence.
         P_in = 0 if prompt_embeds is None else prompt_embeds.shape[1]
         P_kv = 0 if kv_prefix is None else kv_prefix[0][0].shape[2]
         T_past = 0 if cache is None else cache.length
@@ -242,11 +249,13 @@ class GPT(Module):
         else:
             position_ids = np.asarray(position_ids)
             if P_in:
-                position_ids = np.concatenate([np.broadcast_to(np.arange(P_in), (B, P_in)), position_ids + P_in], 1)
+                position_ids = np.concatenate(
+                    [np.broadcast_to(np.arange(P_in), (B, P_in)), position_ids + P_in], 1
+                )
         if position_ids.size and position_ids.max() >= cfg.context_length:
             raise ValueError(
-                f"GPT: sequence too long: {T} tokens + {P_in} prompt + {P_kv} prefix + {T_past} cached positions "
-                f"need position {int(position_ids.max())}, but context_length is {cfg.context_length}"
+                f"GPT: sequence too long: {T} tokens + {P_in} prompt + {P_kv} prefix + {T_past} cached "
+                f"positions need position {int(position_ids.max())}, context_length is {cfg.context_length}"
             )
 
         x = self.wte(ids)  # (B, T, d)

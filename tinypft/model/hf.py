@@ -74,7 +74,9 @@ def load_hf_gpt2(directory: str | Path) -> GPT:
     directory = Path(directory)
     for name in ("config.json", "model.safetensors"):
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} not found: a GPT-2 folder needs config.json and model.safetensors")
+            raise FileNotFoundError(
+                f"{directory / name} not found: a GPT-2 folder needs config.json and model.safetensors"
+            )
     config = config_from_hf(json.loads((directory / "config.json").read_text()))
     model = GPT(config)
     hf_state = load_tensors(directory / "model.safetensors")
