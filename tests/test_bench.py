@@ -18,8 +18,8 @@ METHOD_FIELDS = {"ms_per_step", "tokens_per_s", "trainable_params", "all_params"
 TORCH_FIELDS = {"ms_per_step", "tokens_per_s", "first_loss", "loss_rel_diff", "ratio"}
 TOP_FIELDS = {
     "config", "model", "batch", "seq_len", "virtual_tokens", "dtype", "threads", "blas_threads", "steps",
-    "warmup", "memory_measure", "machine", "methods", "composed_full_ms", "fused_speedup", "matmul",
-    "generation", "generation_batch", "maxrss_mb", "targets",
+    "warmup", "memory_measure", "machine", "methods", "fused_full_ms", "composed_full_ms", "fused_speedup",
+    "matmul", "generation", "generation_batch", "maxrss_mb", "targets",
 }
 MATMUL_FIELDS = {
     "calls", "gflop_per_step", "ms_in_step", "profiled_step_ms", "share_of_step", "gflops_in_step",

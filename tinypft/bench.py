@@ -11,9 +11,10 @@ What is measured, all in float32 on a batch of B sequences of T = context - P to
 prefix or prompt length, so that every method fits the same context and processes the same tokens):
 
 * ms per training step (forward, backward, AdamW), the median over ``--steps`` steps after
-  warm-up, and tokens per second (B T / step) for full fine-tuning, BitFit, prefix-tuning (through
-  its MLP) and prompt-tuning; the full step once more on the composed reference path
-  (``use_fused(False)``);
+  warm-up, and tokens per second (B T / step) for full fine-tuning, BitFit, prefix-tuning
+  (through its MLP) and prompt-tuning; tinypft's and PyTorch's steps, and the fused and the
+  composed full steps (``use_fused(False)``), are timed in alternation, so that a change in the
+  machine's load affects both alike;
 * peak memory of one step: the largest amount of memory allocated by Python and NumPy during the
   step, beyond what was allocated before it (``tracemalloc``: activations, gradients, temporaries;
   not the parameters and optimizer state that already exist);
@@ -139,16 +140,29 @@ def batch_ids(setup: BenchSetup, seed: int = 1) -> np.ndarray:
 # ----------------------------------------------------------------------------- timing
 
 
-def median_ms(step: Callable[[], Any], steps: int, warmup: int) -> float:
-    """Median wall time of ``step`` in ms over ``steps`` calls after ``warmup`` untimed ones."""
+def paired_median_ms(steps: dict[str, Callable[[], Any]], n: int, warmup: int) -> dict[str, float]:
+    """Median ms of each step, timed in alternation (a, b, a, b, ...) so that a change in the
+    machine's load during the run affects them alike."""
     for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(n):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def composed(step: Callable[[], Any]) -> Callable[[], Any]:
+    """``step`` run on the composed reference path (``use_fused(False)``)."""
+
+    def run() -> Any:
+        with use_fused(False):
+            return step()
+
+    return run
 
 
 def tinypft_step(model: Any, ids: np.ndarray) -> Callable[[], float]:
@@ -493,7 +507,13 @@ def run_bench(
         twin = build_torch(model, method) if torch_ok else None
         step = tinypft_step(model, ids)
         first_loss = step()
-        ms = median_ms(step, steps, max(warmup - 1, 0))
+        contenders = {"tinypft": step}
+        if twin is not None:
+            tstep = torch_step(twin, ids)
+            torch_loss = tstep()
+            contenders["torch"] = tstep
+        times = paired_median_ms(contenders, steps, max(warmup - 1, 0))
+        ms = times["tinypft"]
         trainable, total = model.get_nb_trainable_parameters()
         entry = {
             "ms_per_step": ms,
@@ -504,9 +524,7 @@ def run_bench(
             "first_loss": first_loss,
         }
         if twin is not None:
-            tstep = torch_step(twin, ids)
-            torch_loss = tstep()
-            torch_ms = median_ms(tstep, steps, max(warmup - 1, 0))
+            torch_ms = times["torch"]
             entry["torch"] = {
                 "ms_per_step": torch_ms,
                 "tokens_per_s": tokens / (torch_ms / 1e3),
@@ -517,10 +535,10 @@ def run_bench(
         report["methods"][method] = entry
         if method == "full":
             full_step = step
-            with use_fused(False):
-                composed_ms = median_ms(step, max(steps // 2, 1), 1)
-            report["composed_full_ms"] = composed_ms
-            report["fused_speedup"] = composed_ms / ms
+            pair = paired_median_ms({"fused": step, "composed": composed(step)}, max(steps // 2, 2), 1)
+            report["fused_full_ms"] = pair["fused"]
+            report["composed_full_ms"] = pair["composed"]
+            report["fused_speedup"] = pair["composed"] / pair["fused"]
             report["matmul"] = matmul_report(step, ms, reps=3 if quick else 7)
             if profile:
                 report["profile"] = profile_text(step)
@@ -592,7 +610,8 @@ def format_report(r: dict[str, Any]) -> str:
     mm, g, gb = r["matmul"], r["generation"], r["generation_batch"]
     lines += [
         "",
-        f"full step, composed path (use_fused(False)): {r['composed_full_ms']:.1f} ms "
+        f"full step, composed path (use_fused(False)): {r['composed_full_ms']:.1f} ms, "
+        f"fused {r['fused_full_ms']:.1f} ms (timed in alternation) "
         f"-> fused is {r['fused_speedup']:.2f}x faster",
         f"np.matmul in one full step: {mm['calls']} calls, {mm['gflop_per_step']:.2f} GFLOP, "
         f"{mm['ms_in_step']:.1f} of {mm['profiled_step_ms']:.1f} ms ({100 * mm['share_of_step']:.0f}%), "
