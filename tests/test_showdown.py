@@ -40,6 +40,7 @@ def test_quick_showdown_end_to_end(checkpoint, tmp_path: Path, capsys):
     assert result["command"].startswith("tinypft showdown --quick") and "--test-budget" in result["command"]
     assert result["budget"]["steps"] == BUDGETS["test"].steps and result["budget"]["description"]
     assert result["environment"]["numpy"] and result["wall_seconds"] > 0
+    assert result["environment"]["blas_threads"] == 1 and "--threads 1" in result["command"]  # the default
     assert [row["method"] for row in result["rows"]] == list(SHOWDOWN_METHODS)
     assert len(result["runs"]) == 2 * len(SHOWDOWN_METHODS)
     rows = {row["method"]: row for row in result["rows"]}

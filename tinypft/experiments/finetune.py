@@ -52,6 +52,7 @@ from ..data import (
 )
 from ..engine import Tensor, functional, manual_seed, no_grad
 from ..peft import PeftModel, get_peft_model, infix_batch_loss
+from ..threads import num_threads
 from ..train import Batch, TrainConfig, TrainResult, encode_pairs, pad_batch, source_ids, train
 from ..train.metrics import evaluate_generation
 from ..train.pretrain import checkpoint_dir, load_pretrained, quick_mode
@@ -502,6 +503,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out", help="folder for result.json and the adapter")
     parser.add_argument("--json", action="store_true", help="print the record as JSON only")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (see tinypft.threads)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -522,11 +524,12 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
-        if args.sweep_lr:
-            lrs = [float(x) for x in args.sweep_lr.split(",") if x.strip()]
-            record = sweep_lr(settings, lrs, out=args.out)
-        else:
-            record = run_finetune(settings, out=args.out)
+        with num_threads(args.threads):
+            if args.sweep_lr:
+                lrs = [float(x) for x in args.sweep_lr.split(",") if x.strip()]
+                record = sweep_lr(settings, lrs, out=args.out)
+            else:
+                record = run_finetune(settings, out=args.out)
     except (ValueError, FileNotFoundError) as err:
         print(f"tinypft finetune: {err}", file=sys.stderr)
         return 2

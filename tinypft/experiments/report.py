@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import __version__
 from ..io import atomic_write_json
+from ..threads import get_num_threads
 
 # (key, header, format) of the table's columns; metric columns are added per task.
 BASE_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -38,6 +39,7 @@ def environment() -> dict[str, Any]:
         "matplotlib": matplotlib.__version__,
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "blas_threads": get_num_threads(),
         "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
     }
 

@@ -27,6 +27,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..data import load_tokenizer
+from ..threads import num_threads
 from . import report
 from .finetune import FinetuneSettings, run_finetune
 
@@ -118,6 +119,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="small", help="shipped checkpoint: tiny, small or medium")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per method (0, 1, ...); rows show means")
     parser.add_argument("--out", help="output folder (default runs/showdown or runs/showdown-quick)")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (see tinypft.threads)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)  # tests: a checkpoint folder of their own
     parser.add_argument("--test-budget", action="store_true", help=argparse.SUPPRESS)  # tests: a few steps
@@ -128,14 +130,16 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or ("runs/showdown-quick" if args.quick else "runs/showdown"))
     command = ["tinypft", "showdown"] + (["--quick"] if args.quick else [])
     command += ["--size", args.size, "--seeds", str(args.seeds), "--out", str(out)]
+    command += ["--threads", str(args.threads)]
     command += (["--checkpoint", args.checkpoint] if args.checkpoint else [])
     command += ["--test-budget"] if args.test_budget else []
     print(f"showdown, {budget.name} budget: {budget.describe()}; must fit in {budget.time_limit}")
     try:
-        result = run_showdown(
-            budget, size=args.size, seeds=args.seeds, out=out, checkpoint=args.checkpoint,
-            progress=not args.no_progress, command=shlex.join(command),
-        )
+        with num_threads(args.threads):
+            result = run_showdown(
+                budget, size=args.size, seeds=args.seeds, out=out, checkpoint=args.checkpoint,
+                progress=not args.no_progress, command=shlex.join(command),
+            )
     except (ValueError, FileNotFoundError) as err:
         print(f"tinypft showdown: {err}", file=sys.stderr)
         return 2
