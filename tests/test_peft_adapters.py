@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from tiny_models import tiny_model
 
-import tinypft
 from tinypft.io import load_tensors
 from tinypft.model import GPT, GPTConfig
 from tinypft.peft import (
@@ -21,20 +21,9 @@ from tinypft.peft import (
     load_adapter,
 )
 
-TINY = dict(vocab_size=16, context_length=16, d_model=8, n_layers=2, n_heads=2)
 IDS = np.random.default_rng(0).integers(0, 16, (2, 5))
 
 
-def tiny_model(seed: int = 0, head: bool = False, **overrides) -> GPT:
-    tinypft.manual_seed(seed)
-    with tinypft.default_dtype(np.float64):
-        model = GPT(GPTConfig(**{**TINY, **overrides}))
-        if head:
-            model.add_classification_head(3)
-    rng = np.random.default_rng(seed + 1)
-    for _, p in model.named_parameters():
-        p.data += rng.normal(0.0, 0.2, size=p.shape)
-    return model
 
 
 def perturb_adapter(peft_model) -> None:

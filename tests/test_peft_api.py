@@ -6,8 +6,8 @@ import re
 
 import numpy as np
 import pytest
+from tiny_models import TINY, tiny_model
 
-import tinypft
 from tinypft.model import GPT, GPTConfig
 from tinypft.peft import (
     BitFitConfig,
@@ -20,20 +20,6 @@ from tinypft.peft import (
     get_peft_model,
 )
 from tinypft.peft.counts import trainable_parameter_count
-
-TINY = dict(vocab_size=16, context_length=16, d_model=8, n_layers=2, n_heads=2)
-
-
-def tiny_model(seed: int = 0, **overrides) -> GPT:
-    """A float64 GPT whose every parameter is randomized, so that each one matters."""
-    tinypft.manual_seed(seed)
-    with tinypft.default_dtype(np.float64):
-        model = GPT(GPTConfig(**{**TINY, **overrides}))
-    rng = np.random.default_rng(seed + 1)
-    for _, p in model.named_parameters():
-        p.data += rng.normal(0.0, 0.2, size=p.shape)
-    return model
-
 
 METHODS = {
     "full": FullFinetuneConfig(),

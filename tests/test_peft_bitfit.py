@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_models import tiny_model
 
-import tinypft
-from tinypft.model import GPT, GPTConfig
 from tinypft.optim import AdamW
 from tinypft.peft import (
     BitFitConfig,
@@ -17,20 +16,6 @@ from tinypft.peft import (
     get_peft_model,
     plot_bias_change,
 )
-
-TINY = dict(vocab_size=16, context_length=16, d_model=8, n_layers=2, n_heads=2)
-
-
-def tiny_model(seed: int = 0, head: bool = False) -> GPT:
-    tinypft.manual_seed(seed)
-    with tinypft.default_dtype(np.float64):
-        model = GPT(GPTConfig(**TINY))
-        if head:
-            model.add_classification_head(3)
-    rng = np.random.default_rng(seed + 1)
-    for _, p in model.named_parameters():
-        p.data += rng.normal(0.0, 0.2, size=p.shape)
-    return model
 
 
 def test_default_bitfit_trains_exactly_the_biases_and_layernorm_betas():

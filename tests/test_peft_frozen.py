@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_models import TINY, tiny_model
 
-import tinypft
 from tinypft.engine import functional
-from tinypft.model import GPT, GPTConfig
 from tinypft.optim import AdamW
 from tinypft.peft import (
     BitFitConfig,
@@ -17,21 +16,6 @@ from tinypft.peft import (
     PromptTuningConfig,
     get_peft_model,
 )
-
-TINY = dict(vocab_size=16, context_length=16, d_model=8, n_layers=2, n_heads=2)
-
-
-def tiny_model(seed: int = 0, head: bool = False) -> GPT:
-    tinypft.manual_seed(seed)
-    with tinypft.default_dtype(np.float64):
-        model = GPT(GPTConfig(**TINY))
-        if head:
-            model.add_classification_head(3)
-    rng = np.random.default_rng(seed + 1)
-    for _, p in model.named_parameters():
-        p.data += rng.normal(0.0, 0.2, size=p.shape)
-    return model
-
 
 METHODS = {
     "frozen_head": FrozenConfig(),

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+from tiny_models import TINY
 
 import tinypft
 from tinypft.model import GPT, GPTConfig
@@ -17,8 +18,6 @@ from tinypft.peft import (
     get_peft_model,
     infix_start_from_labels,
 )
-
-TINY = dict(vocab_size=16, context_length=16, d_model=8, n_layers=2, n_heads=2)
 
 METHODS = {
     "bitfit": (BitFitConfig(), True),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_models import tiny_model as shared_tiny_model
 
-import tinypft
-from tinypft.model import GPT, GPTConfig
+from tinypft.model import GPT
 from tinypft.peft import (
     BitFitConfig,
     MixedTaskModel,
@@ -16,17 +16,9 @@ from tinypft.peft import (
     load_adapter,
 )
 
-TINY = dict(vocab_size=16, context_length=20, d_model=8, n_layers=2, n_heads=2)
-
 
 def tiny_model(seed: int = 0) -> GPT:
-    tinypft.manual_seed(seed)
-    with tinypft.default_dtype(np.float64):
-        model = GPT(GPTConfig(**TINY))
-    rng = np.random.default_rng(seed + 1)
-    for _, p in model.named_parameters():
-        p.data += rng.normal(0.0, 0.2, size=p.shape)
-    return model
+    return shared_tiny_model(seed, context_length=20)
 
 
 def adapters_for(model: GPT) -> dict:

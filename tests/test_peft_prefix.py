@@ -6,10 +6,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tiny_models import tiny_model
 
-import tinypft
 from tinypft.engine import Tensor
-from tinypft.model import GPT, GPTConfig
 from tinypft.peft import (
     PrefixTuningConfig,
     PromptTuningConfig,
@@ -19,18 +18,9 @@ from tinypft.peft import (
 )
 from tinypft.peft.prefix import flatten_key_values, split_key_values
 
-TINY = dict(vocab_size=16, context_length=16, d_model=8, n_layers=2, n_heads=2)
 L, H, HD, D = 2, 2, 4, 8
 
 
-def tiny_model(seed: int = 0) -> GPT:
-    tinypft.manual_seed(seed)
-    with tinypft.default_dtype(np.float64):
-        model = GPT(GPTConfig(**TINY))
-    rng = np.random.default_rng(seed + 1)
-    for _, p in model.named_parameters():
-        p.data += rng.normal(0.0, 0.2, size=p.shape)
-    return model
 
 
 def ids_for(B: int, T: int, seed: int = 0) -> np.ndarray:

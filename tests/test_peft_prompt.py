@@ -4,25 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_models import tiny_model
 
 import tinypft
-from tinypft.model import GPT, GPTConfig
+from tinypft.model import GPT
 from tinypft.peft import PromptEnsemble, PromptTuningConfig, get_peft_model
 from tinypft.peft.prompt import frequent_token_ids, majority_vote
-
-TINY = dict(vocab_size=16, context_length=16, d_model=8, n_layers=2, n_heads=2)
-
-
-def tiny_model(seed: int = 0, head: bool = False, **overrides) -> GPT:
-    tinypft.manual_seed(seed)
-    with tinypft.default_dtype(np.float64):
-        model = GPT(GPTConfig(**{**TINY, **overrides}))
-        if head:
-            model.add_classification_head(3)
-    rng = np.random.default_rng(seed + 1)
-    for _, p in model.named_parameters():
-        p.data += rng.normal(0.0, 0.2, size=p.shape)
-    return model
 
 
 def prompt_of(model: GPT, **config) -> np.ndarray:
