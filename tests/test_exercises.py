@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_exercises_03 import RIGHT as LESSON_03_RIGHT
 
 import tinypft
 from tinypft import Function, Tensor, cli, exercises
@@ -102,6 +103,7 @@ RIGHT = [
     (exercises.check_attention, attention),
     (exercises.check_multi_head_attention, multi_head_attention),
     (exercises.check_parameter_count, gpt_num_parameters),
+    *LESSON_03_RIGHT,
 ]
 
 

@@ -10,10 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-import tinypft
 from tinypft import exercises
-from tinypft.engine import functional as F
-from tinypft.engine import get_rng
 
 # ----------------------------------------------------------------------------- right answers
 
@@ -66,21 +63,7 @@ RIGHT = [
     (exercises.check_pack_documents, pack_documents),
 ]
 
-
-@pytest.mark.parametrize(("checker", "fn"), RIGHT, ids=[c.__name__ for c, _ in RIGHT])
-def test_checker_accepts_a_right_answer(checker, fn, capsys):
-    checker(fn)
-    assert capsys.readouterr().out.startswith(f"{checker.__name__}: passed")
-
-
-@pytest.mark.parametrize(("checker", "fn"), RIGHT, ids=[c.__name__ for c, _ in RIGHT])
-def test_checker_leaves_the_engine_as_it_found_it(checker, fn):
-    tinypft.manual_seed(3)
-    state = get_rng().bit_generator.state
-    F.set_fused(True)
-    checker(fn)
-    assert get_rng().bit_generator.state == state
-    assert F.fused_enabled() and tinypft.get_default_dtype() == np.float32
+# The right answers above also run through the generic checks in test_exercises.py.
 
 
 def test_count_pairs_accepts_a_plain_dict_and_ignores_zero_counts(capsys):
