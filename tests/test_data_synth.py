@@ -35,7 +35,13 @@ from tinypft.data import (
     write_synth_e2e,
 )
 from tinypft.data.lexicon import KNOWN_ENTITIES
-from tinypft.data.pretrain import make_document, make_document_with_venues
+from tinypft.data.pretrain import (
+    LANDMARKS,
+    VENUE_NAMES,
+    made_up_word,
+    make_document,
+    make_document_with_venues,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,6 +222,25 @@ def test_pretraining_documents_repeat_one_venue_name_across_paragraphs():
         kinds["single"] += len(venues) == 1
     assert kinds["single"] >= 150 and kinds["comparison"] >= 30 and kinds["guide"] >= 10
     assert sum(mentions) / len(mentions) >= 4
+
+
+def test_most_pretraining_names_are_made_up_so_they_must_be_copied_not_recalled():
+    names, landmarks, fact_sheets = [], [], 0
+    for index in range(1000):
+        doc, venues = make_document_with_venues(seed=0, index=index)
+        names += [v.name for v in venues]
+        landmarks += [v.near for v in venues]
+        fact_sheets += doc.startswith("Name: ")
+    made_up = [n for n in names if n not in VENUE_NAMES]
+    assert 0.6 < len(made_up) / len(names) < 0.8  # REAL_WORD_NAME_SHARE is 0.3
+    assert len(set(made_up)) > 0.95 * len(made_up)  # almost never the same name twice
+    assert 0.6 < sum(p not in LANDMARKS for p in landmarks) / len(landmarks) < 0.8
+    lowered = [e.lower() for e in KNOWN_ENTITIES]
+    for entity in names + landmarks:
+        assert not any(k in entity.lower() or entity.lower() in k for k in lowered), entity
+    assert 150 < fact_sheets < 300  # 30% of the 70% single-venue documents
+    rng = random.Random(0)
+    assert all(made_up_word(rng).isalpha() for _ in range(100))
 
 
 def test_pretraining_text_uses_label_words_and_broader_genres():

@@ -3,21 +3,26 @@
 Pretraining should give a small language model what GPT-2 gives the real thing before
 fine-tuning: fluent domain text, the habit of copying a name it has seen earlier in the
 context, and natural uses of the label words of the classification tasks ("low", "average",
-"high", "yes", "no"). Each document is about one venue (two to four paragraphs that keep
-using its name), a comparison of two venues, or a short guide to several. Paragraphs are
-descriptions in the fine-tuning style plus reviews, questions and answers, directions and menus.
+"high", "yes", "no"). Each document is about one venue (two to five paragraphs that keep
+using its name, sometimes opening with a "Name: ...; Food: ..." fact sheet), a comparison of
+two venues, or a short guide to several. Paragraphs are descriptions in the fine-tuning style
+plus reviews, questions and answers, directions and menus.
 
-The corpus never overlaps the fine-tuning data: its venue names and landmarks are drawn from a
-procedural inventory of thousands of names that excludes every name and landmark of the
-synthetic E2E data. Every fine-tuning reference contains its venue's name, so no reference can
-occur in the corpus. There are no MR strings either (the text has no square brackets).
+Copying has to be learned, not memorized: 70% of venue names and landmarks are spelled from
+random syllables ("Drefi", "Posdind Grill", "the Vexda Museum"), so a name's later mentions
+can only be predicted from its first one. (With names from a fixed list of a few thousand, the
+models learned the list and, given a new name, wrote one of the list's instead.)
+
+The corpus never overlaps the fine-tuning data: no name or landmark contains, or is contained
+in, a name or landmark of the synthetic or real E2E data. Every fine-tuning reference contains
+its venue's name, so no reference can occur in the corpus. There are no MR strings either (the
+text has no square brackets).
 """
 
 from __future__ import annotations
 
 import itertools
 import random
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,12 +52,19 @@ _KINDS = ("Kitchen", "Bistro", "Grill", "Diner", "Canteen", "Brasserie", "Tavern
 _PLACES = ("Abbey", "Castle", "Chapel", "Market", "Orchard", "Harbour", "Station", "Library", "Theatre")
 
 
+_KNOWN_LOWER = tuple(e.lower() for e in KNOWN_ENTITIES)
+
+
+def _is_new(candidate: str) -> bool:
+    """True when the candidate neither contains (even inside a word) nor is contained in a
+    fine-tuning name or landmark."""
+    lower = candidate.lower()
+    return not any(k in lower or lower in k for k in _KNOWN_LOWER)
+
+
 def _clean(candidates: Iterator[str]) -> tuple[str, ...]:
-    """Drop every candidate that contains, or is contained in, a fine-tuning name or landmark."""
-    known = [e.lower() for e in KNOWN_ENTITIES]
-    words = re.compile(r"(?<!\w)(?:" + "|".join(map(re.escape, known)) + r")(?!\w)", re.IGNORECASE)
-    return tuple(c for c in dict.fromkeys(candidates)
-                 if not words.search(c) and not any(c.lower() in k for k in known))
+    """The distinct candidates that are new (see :func:`_is_new`), in order."""
+    return tuple(c for c in dict.fromkeys(candidates) if _is_new(c))
 
 
 VENUE_NAMES: tuple[str, ...] = _clean(itertools.chain(
@@ -66,6 +78,77 @@ LANDMARKS: tuple[str, ...] = _clean(itertools.chain(
     (f"{s} Street" for s in _SURNAMES), (f"{s} Park" for s in _SURNAMES),
     (f"the {n} Hotel" for n in _NOUNS), (f"the {n} Bridge" for n in _NOUNS),
 ))
+
+# Made-up words. A name drawn from a fixed list can be memorized; a name spelled from random
+# syllables cannot, so the only way to predict its second mention is to copy the first one. That
+# is the skill fine-tuning needs: every E2E name (e.g. "Zizzi", "The Wrestlers") is new to the model.
+_ONSETS = ("b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
+           "br", "ch", "dr", "gr", "st", "tr", "")
+_VOWELS = ("a", "e", "i", "o", "u", "a", "e", "i", "o", "ai", "ou", "y")
+_CODAS = ("", "", "", "", "", "", "", "", "n", "r", "l", "s", "m", "x", "tt", "ll", "nd")
+_LANDMARK_KINDS = ("Street", "Park", "Road", "Square", "Lane", "Gardens")
+_LANDMARK_PLACES = ("Bridge", "Museum", "Hotel", "Abbey", "Market", "Station", "Library", "Theatre",
+                    "Gallery")
+REAL_WORD_NAME_SHARE = 0.3  # the rest of the names and landmarks are spelled from made-up words
+
+
+def made_up_word(rng: random.Random) -> str:
+    """A pronounceable capitalized word of two or three random syllables, e.g. "Brolvane"."""
+    syllables = [rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+                 for _ in range(rng.choice((2, 2, 2, 2, 3)))]
+    return "".join(syllables).capitalize()
+
+
+def _made_up_name(rng: random.Random) -> str:
+    word = made_up_word(rng)
+    form = rng.randrange(8)
+    if form == 0:
+        return f"The {word}"
+    if form == 1:
+        return f"{word} {rng.choice(_KINDS)}"
+    if form == 2:
+        return f"The {rng.choice(_ADJECTIVES)} {word}"
+    if form == 3:
+        return f"{word}'s"
+    if form == 4:
+        return f"{word} {made_up_word(rng)}"
+    if form == 5:
+        return f"The {word} and {rng.choice(_NOUNS)}"
+    return word
+
+
+def _made_up_landmark(rng: random.Random) -> str:
+    word = made_up_word(rng)
+    if rng.random() < 0.5:
+        return f"{word} {rng.choice(_LANDMARK_KINDS)}"
+    return f"the {word} {rng.choice(_LANDMARK_PLACES)}"
+
+
+def random_name(rng: random.Random, avoid: str = "") -> str:
+    """A venue name that is never a fine-tuning name: 30% from :data:`VENUE_NAMES`, else made up."""
+    while True:
+        if rng.random() < REAL_WORD_NAME_SHARE:
+            name = rng.choice(VENUE_NAMES)
+        else:
+            name = _made_up_name(rng)
+            if not _is_new(name):
+                continue
+        if name != avoid:
+            return name
+
+
+def random_landmark(rng: random.Random, avoid: str = "") -> str:
+    """A landmark that is never a fine-tuning landmark: 30% from :data:`LANDMARKS`, else made up."""
+    while True:
+        if rng.random() < REAL_WORD_NAME_SHARE:
+            place = rng.choice(LANDMARKS)
+        else:
+            place = _made_up_landmark(rng)
+            if not _is_new(place):
+                continue
+        if place != avoid:
+            return place
+
 
 _DISHES = {
     "Chinese": ("dumplings", "noodles", "sweet and sour chicken", "fried rice", "spring rolls"),
@@ -121,12 +204,10 @@ class Venue:
 
 def random_venue(rng: random.Random, avoid: str = "") -> Venue:
     """A venue with a pretraining-only name and landmark and uniformly drawn E2E values."""
-    name = rng.choice(VENUE_NAMES)
-    while name == avoid:
-        name = rng.choice(VENUE_NAMES)
+    name = random_name(rng, avoid)
     values = {slot: rng.choice(E2E_SLOTS[slot]) for slot in E2E_SLOTS if slot not in ("name", "near")}
     return Venue(name, values["eatType"], values["food"], values["priceRange"], values["customer rating"],
-                 values["area"], values["familyFriendly"], rng.choice(LANDMARKS))
+                 values["area"], values["familyFriendly"], random_landmark(rng))
 
 
 def _head(venue: Venue, rng: random.Random) -> str:
@@ -145,12 +226,12 @@ def description(venue: Venue, rng: random.Random) -> str:
 
 def review(venue: Venue, rng: random.Random) -> str:
     """A first-person review whose verdict matches the venue's rating level."""
-    level, dish = venue.rating_level, rng.choice(_DISHES[venue.food])
+    level, (dish, other_dish) = venue.rating_level, rng.sample(_DISHES[venue.food], 2)
     when = rng.choice(("last Friday", "for my birthday", "after work", "on a rainy Tuesday", "for lunch"))
     company = rng.choice(("my family", "two friends", "my partner", "colleagues", "my parents"))
     lines = [
         f"We went to {venue.name} {when} with {company}.",
-        f"The {dish} was {rng.choice(_QUALITY[level])} and the {rng.choice(_DISHES[venue.food])} was "
+        f"The {dish} tasted {rng.choice(_QUALITY[level])} and the {other_dish} tasted "
         f"{rng.choice(_QUALITY[level])}.",
         f"Prices at {venue.name} are {venue.price_level} for {article(venue.food)} {_head(venue, rng)}.",
     ]
@@ -171,7 +252,7 @@ def review(venue: Venue, rng: random.Random) -> str:
 def questions(venue: Venue, rng: random.Random) -> str:
     """Questions and answers about the venue, with honest "Yes" and "No" answers."""
     other_food = rng.choice([f for f in E2E_SLOTS["food"] if f != venue.food])
-    other_place = rng.choice([p for p in LANDMARKS if p != venue.near])
+    other_place = random_landmark(rng, avoid=venue.near)
     food = rng.choice(food_nouns(venue.food))
     cuisine = "fast food" if venue.food == "Fast food" else venue.food
     pool = [
@@ -192,7 +273,7 @@ def questions(venue: Venue, rng: random.Random) -> str:
 
 def directions(venue: Venue, rng: random.Random) -> str:
     """How to walk to the venue from a landmark."""
-    start = rng.choice([p for p in LANDMARKS if p != venue.near])
+    start = random_landmark(rng, avoid=venue.near)
     side, minutes = rng.choice(("left", "right")), rng.randint(3, 20)
     route = "follow the river path" if venue.area == "riverside" else "head towards the city centre"
     return (f"To find {venue.name}, start at {start} and {route}. After about {minutes} minutes you "
@@ -236,6 +317,20 @@ def comparison(a: Venue, b: Venue, rng: random.Random) -> str:
     return " ".join(lines)
 
 
+def fact_sheet(venue: Venue, rng: random.Random) -> str:
+    """A listing of some of the venue's facts, the way a guide prints them before its prose.
+
+    A fact sheet followed by a description teaches the model to carry names and values from
+    structured text into sentences (without the bracketed MR format of the fine-tuning data).
+    """
+    facts = [("Food", "fast food" if venue.food == "Fast food" else venue.food), ("Type", venue.eat_type),
+             ("Prices", venue.price), ("Customer rating", venue.rating), ("Area", venue.area),
+             ("Children welcome", venue.family), ("Near", venue.near)]
+    chosen = rng.sample(facts, rng.randint(2, len(facts)))
+    separator = rng.choice(("; ", ". ", ", "))
+    return separator.join([f"Name: {venue.name}"] + [f"{key}: {value}" for key, value in chosen]) + "."
+
+
 _SINGLE_VENUE_PARAGRAPHS = (description, description, review, questions, directions, menu)
 
 
@@ -250,6 +345,8 @@ def make_document_with_venues(seed: int, index: int) -> tuple[str, list[Venue]]:
     if kind < 0.7:  # several paragraphs about one venue, each using its name
         others = rng.sample(_SINGLE_VENUE_PARAGRAPHS, rng.randint(1, 3))
         paragraphs = [description(venues[0], rng)] + [make(venues[0], rng) for make in others]
+        if rng.random() < 0.3:
+            paragraphs.insert(0, fact_sheet(venues[0], rng))
     elif kind < 0.9:  # two venues compared
         venues.append(random_venue(rng, avoid=venues[0].name))
         paragraphs = [description(v, rng) for v in venues] + [comparison(*venues, rng)]

@@ -46,7 +46,9 @@ from ..data import (
 from ..engine import default_dtype, functional, get_rng, manual_seed
 from ..io import WEIGHTS_NAME, atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 from ..model import GPT, GPTConfig
+from ..threads import num_threads
 from .batching import PackedWindows, pack_documents
+from .probes import name_copy_rate
 from .trainer import TrainConfig, mean_loss, train
 
 MANIFEST_NAME = "manifest.json"
@@ -64,8 +66,8 @@ SIZES: dict[str, dict[str, int]] = {
 # Training defaults per size: smaller models take a larger learning rate.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny": {"steps": 2000, "batch_size": 16, "lr": 3e-3},
-    "small": {"steps": 3000, "batch_size": 16, "lr": 1e-3},
-    "medium": {"steps": 3000, "batch_size": 16, "lr": 6e-4},
+    "small": {"steps": 4000, "batch_size": 16, "lr": 1e-3},
+    "medium": {"steps": 4000, "batch_size": 16, "lr": 1e-3},
 }
 QUICK_ENV_VAR = "TINYPFT_QUICK"  # set to 1: a few steps only, to check that everything runs
 
@@ -186,6 +188,7 @@ def pretrain(
         stored = {name: p.data.astype(dtype) for name, p in model.named_parameters()}  # type: ignore[arg-type]
         model.load_state_dict(stored)
         dev_loss = mean_loss(model, dev, batch_size, tokenizer.pad_id)
+        copying = name_copy_rate(model, tokenizer, n=200) if data == "synth" else None
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,6 +216,7 @@ def pretrain(
         "dev_loss": dev_loss,
         "dev_loss_float32": result.best["loss"] if data == "e2e" else result.evals[-1]["loss"],
         "loss_curve": _loss_curve(result.train_loss, result.evals),
+        "name_copy_rate": copying,
         "seconds": result.seconds,
         "tokens_per_sec": result.tokens_per_sec,
         "command": command,
@@ -290,6 +294,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", help="folder for resumable training checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the --state-dir checkpoint")
     parser.add_argument("--no-fused", action="store_true", help="use the composed reference kernels")
+    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (see tinypft.threads)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -318,14 +323,18 @@ def run(args: argparse.Namespace) -> int:
     config = size_config(args.size, tokenizer.vocab_size)
     print(f"pretraining {args.size}: {config.num_parameters():,} parameters, {steps} steps of "
           f"{batch_size} x {config.context_length} tokens, data {args.data}")
-    manifest = pretrain(
-        config, out, data=args.data, steps=steps, batch_size=batch_size, lr=lr, seed=args.seed,
-        dtype=args.dtype, eval_every=args.eval_every, dev_windows=dev_windows, data_dir=args.data_dir,
-        tokenizer=tokenizer, state_dir=args.state_dir, resume=args.resume, progress=not args.no_progress,
-        fused=not args.no_fused, command=shlex.join(command), size=args.size,
-    )
+    with num_threads(args.threads):
+        manifest = pretrain(
+            config, out, data=args.data, steps=steps, batch_size=batch_size, lr=lr, seed=args.seed,
+            dtype=args.dtype, eval_every=args.eval_every, dev_windows=dev_windows, data_dir=args.data_dir,
+            tokenizer=tokenizer, state_dir=args.state_dir, resume=args.resume, progress=not args.no_progress,
+            fused=not args.no_fused, command=shlex.join(command), size=args.size,
+        )
     megabytes = (out / WEIGHTS_NAME).stat().st_size / 1e6
     print(f"wrote {out / WEIGHTS_NAME} ({megabytes:.2f} MB) and {MANIFEST_NAME}")
     print(f"train loss {manifest['final_train_loss']:.4f}, held-out loss {manifest['dev_loss']:.4f}, "
           f"{manifest['seconds']:.0f} s, {manifest['tokens_per_sec']:,.0f} tokens/s")
+    if manifest["name_copy_rate"] is not None:
+        print(f"copies an unseen venue name when the text calls for it: "
+              f"{manifest['name_copy_rate']['copy_rate']:.0%} of {manifest['name_copy_rate']['n']} probes")
     return 0
