@@ -7,6 +7,7 @@ import pytest
 
 from tinypft.data import load_tokenizer, pretraining_documents
 from tinypft.data.lexicon import KNOWN_ENTITIES
+from tinypft.model import GPTConfig
 from tinypft.train import probes
 from tinypft.train.probes import COPY_CUES, copy_probe_prompts, name_copy_rate
 
@@ -19,6 +20,11 @@ def test_probe_prompts_name_a_fine_tuning_venue_and_end_on_a_cue():
         assert context.rsplit("\n\n", 1)[-1] in COPY_CUES  # the name is what comes next
     corpus = "\n".join(pretraining_documents(seed=0, n_docs=500))
     assert not any(name in corpus for _, name in pairs)  # only copying can produce it
+    made_up = copy_probe_prompts(40, seed=0, names="made_up")
+    assert all(name not in KNOWN_ENTITIES and name in context for context, name in made_up)
+    assert len({name for _, name in made_up}) > 30
+    with pytest.raises(ValueError, match="names"):
+        copy_probe_prompts(3, names="real")
 
 
 @pytest.mark.parametrize("answer, expected", [("right", 1.0), ("prefix", 0.0), ("other", 0.0)])
@@ -35,6 +41,9 @@ def test_a_copy_is_the_whole_name(monkeypatch: pytest.MonkeyPatch, answer: str, 
             outputs.append(tok.encode(text)[:max_new_tokens])
         return outputs
 
+    class FakeModel:
+        config = GPTConfig(vocab_size=tok.vocab_size, context_length=256)
+
     monkeypatch.setattr(probes, "generate", fake_generate)
-    result = name_copy_rate(object(), tok, n=10, batch_size=4)
+    result = name_copy_rate(FakeModel(), tok, n=10, batch_size=4)
     assert result["copy_rate"] == expected and result["n"] == 10 and len(result["examples"]) == 3

@@ -18,14 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import __version__
+from .engine.allocator import tune_malloc
 
 
 @dataclass(frozen=True)
 class Command:
-    """A registered command: the module that implements it and a one-line help."""
+    """A registered command: the module that implements it, a one-line help, and whether it trains
+    (then ``main`` first calls ``tune_malloc``, which keeps a step's big temporaries mapped)."""
 
     module: str
     help: str
+    trains: bool = False
 
 
 COMMANDS: dict[str, Command] = {
@@ -33,26 +36,34 @@ COMMANDS: dict[str, Command] = {
         "tinypft.engine.selftest", "gradient-check every op and composite of the engine in float64"
     ),
     "pretrain": Command(
-        "tinypft.train.pretrain", "pretrain a mini GPT-2 (tiny, small, medium) and write its checkpoint"
+        "tinypft.train.pretrain", "pretrain a mini GPT-2 (tiny, small, medium) and write its checkpoint",
+        trains=True,
     ),
     "exercises": Command(
         "tinypft.exercises.make", "write student versions of the lesson notebooks, or list their exercises"
     ),
     "finetune": Command(
-        "tinypft.experiments.finetune", "fine-tune a pretrained model with one method on one task, score it"
+        "tinypft.experiments.finetune", "fine-tune a pretrained model with one method on one task, score it",
+        trains=True,
     ),
     "showdown": Command(
-        "tinypft.experiments.showdown", "compare every method on synthetic E2E: table, JSON and plot"
+        "tinypft.experiments.showdown", "compare every method on synthetic E2E: table, JSON and plot",
+        trains=True,
+    ),
+    "findings": Command(
+        "tinypft.experiments.findings", "re-run the papers' findings over seeds; write docs/results.md",
+        trains=True,
     ),
     "bench": Command(
-        "tinypft.bench", "time training steps, generation and matmuls; optionally against PyTorch"
+        "tinypft.bench", "time training steps, generation and matmuls; optionally against PyTorch",
+        trains=True,
     ),
 }
 
 
-def register(name: str, module: str, help: str) -> None:
+def register(name: str, module: str, help: str, trains: bool = False) -> None:
     """Add a command: ``module`` must define ``add_arguments(parser)`` and ``run(args) -> int``."""
-    COMMANDS[name] = Command(module, help)
+    COMMANDS[name] = Command(module, help, trains)
 
 
 def _requested_command(argv: Sequence[str]) -> str | None:
@@ -89,5 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command].module)
+    command = COMMANDS[args.command]
+    if command.trains:
+        tune_malloc()
+    module = importlib.import_module(command.module)
     return int(module.run(args))

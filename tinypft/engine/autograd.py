@@ -103,16 +103,38 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs: Tensor, **kwargs: Any) -> Tensor:
-        """Run forward on the inputs' arrays; record a graph node if a gradient is needed."""
-        _check_same_float_dtype(cls.__name__, inputs)
-        needs = tuple(t.requires_grad for t in inputs)
-        record = _grad_enabled and any(needs)
-        ctx = Context(needs)
-        out = Tensor._wrap(cls.forward(ctx, *(t.data for t in inputs), **kwargs))
-        if record:
-            out.requires_grad = True
-            out._node = Node(cls, ctx, inputs)
+        """Run forward on the inputs' arrays; record a graph node if a gradient is needed.
+
+        Two paths. When gradients are off (``no_grad``) or no input requires one, nothing is
+        recorded: forward gets a throw-away ``_Unrecorded`` context whose ``save_for_backward``
+        keeps nothing, so no array outlives the call. Cached decoding runs about 100 ops per
+        token on tiny arrays, so this path is kept to a few attribute reads besides forward.
+        """
+        if len(inputs) > 1:
+            _check_same_float_dtype(cls.__name__, inputs)
+        if _grad_enabled:
+            for t in inputs:
+                if t._requires_grad:
+                    return cls._apply_recorded(inputs, kwargs)
+        ctx = _Unrecorded((False,) * len(inputs))
+        return Tensor._wrap(cls.forward(ctx, *[t.data for t in inputs], **kwargs))
+
+    @classmethod
+    def _apply_recorded(cls, inputs: tuple[Tensor, ...], kwargs: dict[str, Any]) -> Tensor:
+        """The recording path: forward with a real Context, then a Node that backward will visit."""
+        ctx = Context(tuple(t._requires_grad for t in inputs))
+        out = Tensor._wrap(cls.forward(ctx, *[t.data for t in inputs], **kwargs))
+        out.requires_grad = True  # the setter refuses a non-float output
+        out._node = Node(cls, ctx, inputs)
         return out
+
+
+class _Unrecorded(Context):
+    """The context of an op that records no node: every input's ``needs_input_grad`` is False
+    and ``save_for_backward`` drops what it is given (no backward will ever read it)."""
+
+    def save_for_backward(self, *values: Any) -> None:
+        pass
 
 
 class Node:
@@ -132,10 +154,16 @@ RELEASED = _Released()
 
 
 def _check_same_float_dtype(op: str, inputs: Sequence[Tensor]) -> None:
-    floats = {t.data.dtype for t in inputs if t.data.dtype.kind == "f"}
-    if len(floats) > 1:
-        names = " and ".join(sorted(str(d) for d in floats))
-        raise TypeError(f"{op}: cannot mix dtypes {names}; convert one side with .astype()")
+    """Refuse float inputs of two different dtypes (integer ids and bool masks may accompany them)."""
+    first = None
+    for t in inputs:
+        dtype = t.data.dtype
+        if dtype.kind == "f":
+            if first is None:
+                first = dtype
+            elif dtype != first:
+                names = " and ".join(sorted((str(first), str(dtype))))
+                raise TypeError(f"{op}: cannot mix dtypes {names}; convert one side with .astype()")
 
 
 # ----------------------------------------------------------------------------- tensor
@@ -170,7 +198,8 @@ class Tensor:
         arrays; ``asarray`` turns it back into an array so ``.data`` is always an ``np.ndarray``.
         """
         t = cls.__new__(cls)
-        t.data, t.grad, t._requires_grad, t._node = np.asarray(array), None, False, None
+        t.data = array if type(array) is np.ndarray else np.asarray(array)
+        t.grad, t._requires_grad, t._node = None, False, None
         return t
 
     # -- gradient bookkeeping

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from . import ops
+from . import fused, ops
 from .autograd import Tensor
 
 _fused = True
@@ -41,16 +41,10 @@ def use_fused(enabled: bool) -> Iterator[None]:
         set_fused(previous)
 
 
-def _fused_module() -> Any:
-    from . import fused  # imported lazily: the reference path does not need it
-
-    return fused
-
-
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b with W of shape (out, in), b of shape (out,): x (..., in) -> y (..., out)."""
     if _fused:
-        return _fused_module().linear(x, weight, bias)
+        return fused.linear(x, weight, bias)
     y = x @ weight.T  # (..., out)
     return y if bias is None else y + bias
 
@@ -62,7 +56,7 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     invariant), so the shift is detached: it carries no gradient.
     """
     if _fused:
-        return _fused_module().softmax(x, axis)
+        return fused.softmax(x, axis)
     shifted = x - x.max(axis=axis, keepdims=True).detach()
     e = shifted.exp()
     return e / e.sum(axis=axis, keepdims=True)
@@ -80,7 +74,7 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
     x (..., d), weight (d,), bias (d,); var is the biased variance (divides by d), as in GPT-2.
     """
     if _fused:
-        return _fused_module().layer_norm(x, weight, bias, eps)
+        return fused.layer_norm(x, weight, bias, eps)
     mu = x.mean(axis=-1, keepdims=True)  # (..., 1)
     centered = x - mu  # (..., d)
     var = (centered * centered).mean(axis=-1, keepdims=True)  # (..., 1)
@@ -113,7 +107,7 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Ten
         bad = picked.max() if picked.max() >= num_classes else picked.min()
         raise IndexError(f"cross_entropy: target {bad} is out of range for {num_classes} classes")
     if _fused:
-        return _fused_module().cross_entropy(logits, flat_targets, rows)
+        return fused.cross_entropy(logits, flat_targets, rows)
     flat_logits = logits.reshape(-1, num_classes)  # (N, C)
     logp = log_softmax(flat_logits[rows], axis=-1)  # (n, C)
     return -logp[np.arange(rows.size), picked].mean()
@@ -138,7 +132,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
     rather than -inf, so a fully masked row (a padding query) gives a uniform row, not NaN.
     """
     if _fused:
-        return _fused_module().attention(q, k, v, mask)
+        return fused.attention(q, k, v, mask)
     scale = 1.0 / np.sqrt(q.shape[-1])
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
     if mask is not None:
@@ -150,7 +144,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
 def gelu(x: Tensor) -> Tensor:
     """GPT-2's GELU (tanh approximation); a primitive, see ops.GELU."""
     if _fused:
-        return _fused_module().gelu(x)
+        return fused.gelu(x)
     return ops.gelu(x)
 
 

@@ -162,7 +162,8 @@ class LayerNorm(Function):
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-        mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+        mean = x.sum(axis=-1, keepdims=True)  # (..., 1); ndarray.mean is the same sum, more Python
+        mean /= x.shape[-1]
         y = x - mean  # (..., d), centred
         var = np.vecdot(y, y)[..., None]  # (..., 1), sum of squares
         var /= x.shape[-1]  # biased variance
@@ -267,7 +268,7 @@ class Attention(Function):
         scale = q.shape[-1] ** -0.5  # a Python float: keeps float32 float32
         p = np.matmul(q * scale, np.swapaxes(k, -1, -2))  # (B, H, Tq, Tk), the scores S
         empty_rows = False
-        if mask is not None:
+        if mask is not None and not mask.all():  # an all-True mask (one prompt, decoding) changes nothing
             p += np.where(mask, 0, np.finfo(p.dtype).min)  # broadcast, e.g. (Tq, Tk) or (B, 1, Tq, Tk)
             empty_rows = not mask.any(axis=-1).all()  # some query may attend to nothing
         p -= p.max(axis=-1, keepdims=True)

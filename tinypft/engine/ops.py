@@ -410,16 +410,19 @@ class Permute(Function):
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-        if sorted(ax % x.ndim for ax in axes) != list(range(x.ndim)):
+        try:
+            out = x.transpose(axes)  # a view; refuses repeated or out-of-range axes
+        except ValueError:
             raise ValueError(
                 f"permute: {tuple(axes)} is not a permutation of the axes of a {x.ndim}-d tensor"
-            )
-        ctx.save_for_backward(np.argsort([ax % x.ndim for ax in axes]))
-        return np.transpose(x, axes)
+            ) from None
+        ctx.save_for_backward(axes)
+        return out
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        (inverse,) = ctx.saved
+        (axes,) = ctx.saved
+        inverse = np.argsort([ax % g.ndim for ax in axes])  # out axis i came from input axis axes[i]
         return (np.transpose(g, inverse),)
 
 
@@ -474,7 +477,7 @@ class Concat(Function):
 
     @staticmethod
     def forward(ctx: Context, *xs: np.ndarray, axis: int) -> np.ndarray:
-        ctx.save_for_backward(axis, np.cumsum([x.shape[axis] for x in xs])[:-1])
+        ctx.save_for_backward(axis, [x.shape[axis] for x in xs])
         try:
             return np.concatenate(xs, axis=axis)
         except ValueError:
@@ -483,8 +486,8 @@ class Concat(Function):
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        axis, splits = ctx.saved
-        pieces = np.split(g, splits, axis=axis)
+        axis, sizes = ctx.saved
+        pieces = np.split(g, np.cumsum(sizes)[:-1], axis=axis)
         return tuple(p if need else None for p, need in zip(pieces, ctx.needs_input_grad))
 
 
@@ -536,22 +539,28 @@ class Where(Function):
 class Embedding(Function):
     """out[..., :] = weight[ids[...], :];  dweight = g scatter-added into the looked-up rows.
 
-    A token id that occurs several times receives the sum of its gradients (``np.add.at``).
+    A token id that occurs several times receives the sum of its gradients: ``np.add.at`` on the
+    composed path (the reference), ``fused.embedding_backward`` (sorted ids, one ``reduceat``)
+    when the fused kernels were on at forward time.
     """
 
     @staticmethod
-    def forward(ctx: Context, weight: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    def forward(ctx: Context, weight: np.ndarray, ids: np.ndarray, fused: bool = False) -> np.ndarray:
         if ids.dtype.kind not in "iu":
             raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
         if ids.size and (ids.min() < 0 or ids.max() >= weight.shape[0]):
             bad = ids.max() if ids.max() >= weight.shape[0] else ids.min()
             raise IndexError(f"embedding: id {bad} is out of range for a table of {weight.shape[0]} rows")
-        ctx.save_for_backward(weight.shape, ids)
+        ctx.save_for_backward(weight.shape, ids, fused)
         return weight[ids]
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        shape, ids = ctx.saved
+        shape, ids, fused = ctx.saved
+        if fused:
+            from .fused import embedding_backward  # here: fused.py imports this module
+
+            return (embedding_backward(ids, g, shape[0]),)
         dweight = np.zeros(shape, dtype=g.dtype)
         np.add.at(dweight, ids.reshape(-1), g.reshape(-1, shape[1]))
         return (dweight,)
@@ -707,8 +716,10 @@ def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
 
 def embedding(weight: Tensor, ids: Any) -> Tensor:
     """Rows of ``weight`` (num_embeddings, dim) picked by integer ``ids`` (...): shape (..., dim)."""
+    from .functional import fused_enabled  # here: functional.py imports this module
+
     ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
-    return Embedding.apply(weight, ids=ids)
+    return Embedding.apply(weight, ids=ids, fused=fused_enabled())
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

@@ -305,6 +305,7 @@ def prepare(
         label_words=data.label_words,
         tokenizer=tokenizer,
         token_counts=counts,
+        seed=settings.seed,
     )
     base_params = sum(p.size for name, p in base.named_parameters() if not name.startswith("cls_head."))
     model = get_peft_model(base, config)

@@ -6,6 +6,8 @@
     bitfit   bias terms only                                BitFitConfig
     prefix   per-layer key/value prefixes, through an MLP   PrefixTuningConfig
     prompt   a soft prompt in front of the input            PromptTuningConfig
+    random_subset  random weight entries, as many as BitFit    RandomSubsetConfig
+                   trains (BitFit's control)
 
 Every method runs the same loop (AdamW, linear warmup then linear decay, gradient clipping at 1,
 batch 8); only the learning rate and the method's own sizes differ. The learning rates were
@@ -27,6 +29,10 @@ Classification rates, by dev accuracy on ``rating`` (200 steps, all 1,020 dev ex
     bitfit   1e-2, 3e-2, 1e-1: 0.260 (always "high"); one epoch (513 steps): 3e-2: 0.357, 1e-1: 0.367
     prefix   1e-3, 3e-3, 1e-2: 0.260;  prompt  3e-2, 1e-1, 3e-1: 0.260 (one epoch too)
 
+random_subset takes BitFit's rates without a sweep of its own: AdamW moves every trained scalar by
+about lr per step whatever its gradient's scale, so at the same rate the control differs from
+BitFit only in which scalars train. (``tinypft findings --only bitfit`` also runs it at 1e-2.)
+
 No rate made prefix or prompt tuning learn the label words within one epoch on this 1M-parameter
 model, so they keep their generation rates; the same rates serve ``match``.
 """
@@ -44,6 +50,7 @@ from ..peft import (
     PeftConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
+    RandomSubsetConfig,
 )
 
 
@@ -77,6 +84,8 @@ METHODS: dict[str, Method] = {
             "prompt", "P input vectors (a soft prompt)", lr=1e-1, classification_lr=1e-1,
             num_virtual_tokens=16, generation_init="sampled_vocab", classification_init="class_labels",
         ),
+        Method("random_subset", "random weight entries, as many as BitFit's biases (its control)", lr=3e-2,
+               classification_lr=1e-1),
     )
 }
 
@@ -101,13 +110,15 @@ def peft_config(
     label_words: Sequence[str] = (),
     tokenizer: Any = None,
     token_counts: Any = None,
+    seed: int = 0,
 ) -> PeftConfig:
     """The PeftConfig of ``method``, with its defaults where an option is None.
 
     ``mode``, ``prefix_projection`` and ``encoder_hidden_size`` are Prefix-Tuning's; ``init``
     chooses Prefix-Tuning's ("random", "real_words") or Prompt-Tuning's initialization (e.g.
     "sampled_vocab", which draws from the tokens ``token_counts`` counts, or "class_labels",
-    which uses ``label_words``). ``init_text`` feeds the "real_words" and "text" inits.
+    which uses ``label_words``). ``init_text`` feeds the "real_words" and "text" inits. ``seed``
+    draws random_subset's entries (the run's seed, so seeds differ in the subset too).
     """
     spec = get_method(method)
     if init is not None and method not in ("prefix", "prompt"):
@@ -118,6 +129,8 @@ def peft_config(
         return FrozenConfig()
     if method == "bitfit":
         return BitFitConfig()
+    if method == "random_subset":
+        return RandomSubsetConfig(seed=seed)
     length = num_virtual_tokens or spec.num_virtual_tokens
     if method == "prefix":
         return PrefixTuningConfig(

@@ -34,13 +34,55 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine import Tensor, ops
+from ..engine import Tensor, is_grad_enabled, ops
 from ..engine import functional as F
 from ..engine.random import get_rng
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
 from .config import GPTConfig
 
 KVPair = tuple[Tensor, Tensor]
+
+
+class KVBuffer:
+    """One layer's keys and values in preallocated arrays, so that decoding appends without copying.
+
+    keys, values  (B, H, capacity, head_dim); positions [0, filled) along axis 2 are written.
+
+    A cache of length T sees the first T positions as views. Several caches may share a buffer (a
+    cache and the one that extended it, or ``select`` with the rows unchanged), so a cache may write
+    in place only where nobody has written yet: at T == filled. A second continuation of the same
+    cache (T < filled) gets a fresh copy, and no view ever changes under anyone's feet.
+    """
+
+    __slots__ = ("keys", "values", "filled")
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: np.dtype):
+        self.keys = np.empty(shape, dtype)  # (B, H, capacity, hd), written as positions arrive
+        self.values = np.empty(shape, dtype)
+        self.filled = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[2]
+
+    @classmethod
+    def holding(cls, k: np.ndarray, v: np.ndarray, capacity: int) -> KVBuffer:
+        """A new buffer of at least ``capacity`` positions holding k and v (B, H, T, hd)."""
+        B, H, T, hd = k.shape
+        buffer = cls((B, H, max(capacity, T), hd), k.dtype)
+        buffer.write(0, k, v)
+        return buffer
+
+    def write(self, start: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Store k and v (B, H, T, hd) at positions [start, start + T)."""
+        end = start + k.shape[2]
+        self.keys[:, :, start:end] = k
+        self.values[:, :, start:end] = v
+        self.filled = end
+
+    def views(self, length: int) -> KVPair:
+        """The first ``length`` positions as tensors (B, H, length, hd): views, no copy."""
+        return Tensor._wrap(self.keys[:, :, :length]), Tensor._wrap(self.values[:, :, :length])
 
 
 @dataclass
@@ -50,25 +92,91 @@ class KVCache:
     keys[i], values[i]  (B, H, T_past, head_dim) for layer i
     key_mask            (B, T_past) bool, False for padding positions that must never be attended
     next_position       (B,) the position id the next token of each row gets
+
+    The model fills ``buffers`` (one ``KVBuffer`` per layer, capacity ``context_length``): then
+    keys[i] and values[i] are views of them, and a decoding step writes its one new key and value
+    per layer in place instead of copying all T_past of them (``extend``). A cache built by hand
+    from ``keys`` and ``values`` alone works too; its first extension copies it into a buffer.
     """
 
     keys: list[Tensor] = field(default_factory=list)
     values: list[Tensor] = field(default_factory=list)
     key_mask: np.ndarray | None = None
     next_position: np.ndarray | None = None
+    buffers: list[KVBuffer | None] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def length(self) -> int:
         return 0 if not self.keys else self.keys[0].shape[2]
 
+    def buffer(self, layer: int) -> KVBuffer | None:
+        """Layer ``layer``'s buffer if keys[layer] and values[layer] are still views of it, else None."""
+        buffer = self.buffers[layer] if layer < len(self.buffers) else None
+        if buffer is None:
+            return None
+        k, v = self.keys[layer].data, self.values[layer].data
+        if k.base is not buffer.keys or v.base is not buffer.values:  # replaced by the caller
+            return None
+        return buffer
+
+    def extend(
+        self, layer: int, k: Tensor, v: Tensor, capacity: int = 0
+    ) -> tuple[Tensor, Tensor, KVBuffer | None]:
+        """[cached keys; k] and [cached values; v] of one layer, (B, H, T_past + T, hd), and their buffer.
+
+        k, v (B, H, T, hd) are the new positions. When a gradient must flow through them this is
+        a differentiable concat (no buffer). Otherwise they are written into the layer's buffer
+        (in place if this cache owns its end and there is room, else into a new one of at least
+        ``capacity`` positions, doubled when full) and the result is a view of it.
+        """
+        past_k, past_v = self.keys[layer], self.values[layer]
+        if is_grad_enabled() and any(t.requires_grad for t in (k, v, past_k, past_v)):
+            return ops.concat([past_k, k], axis=2), ops.concat([past_v, v], axis=2), None
+        T_past, T = past_k.shape[2], k.shape[2]
+        buffer = self.buffer(layer)
+        if buffer is None or buffer.filled != T_past or T_past + T > buffer.capacity:
+            room = max(capacity, 2 * (T_past + T) if buffer is not None else T_past + T)
+            buffer = KVBuffer.holding(past_k.data, past_v.data, room)
+        buffer.write(T_past, k.data, v.data)
+        return *buffer.views(T_past + T), buffer
+
     def select(self, rows: np.ndarray) -> KVCache:
-        """The cache of some rows (in the given order): beam search reorders its hypotheses with it."""
-        return KVCache(
-            keys=[k[rows] for k in self.keys],
-            values=[v[rows] for v in self.values],
-            key_mask=self.key_mask[rows],
-            next_position=self.next_position[rows],
-        )
+        """The cache of some rows (in the given order): beam search reorders its hypotheses with it.
+
+        Keeping every row in order shares the buffers (greedy decoding does that at every step);
+        any other selection copies the cached positions into new buffers of the same capacity.
+        """
+        rows = np.asarray(rows)
+        B = self.key_mask.shape[0]
+        if rows.shape == (B,) and np.array_equal(rows, np.arange(B)):
+            return KVCache(
+                list(self.keys), list(self.values), self.key_mask, self.next_position, list(self.buffers)
+            )
+        keys, values, buffers = [], [], []
+        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+            old = self.buffer(layer)
+            buffer = KVBuffer.holding(k.data[rows], v.data[rows], old.capacity if old is not None else 0)
+            k, v = buffer.views(k.shape[2])
+            keys.append(k)
+            values.append(v)
+            buffers.append(buffer)
+        return KVCache(keys, values, self.key_mask[rows], self.next_position[rows], buffers)
+
+
+@dataclass
+class LayerCache:
+    """One layer's view of a KVCache, handed to the attention: ``extend`` appends the new keys and
+    values and remembers the buffer the result lives in (the next cache keeps it)."""
+
+    cache: KVCache
+    layer: int
+    capacity: int  # positions to preallocate when a new buffer is needed (the context length)
+    buffer: KVBuffer | None = None
+
+    def extend(self, k: Tensor, v: Tensor) -> KVPair:
+        """k, v (B, H, T, hd) -> [cached; new] keys and values, each (B, H, T_past + T, hd)."""
+        k, v, self.buffer = self.cache.extend(self.layer, k, v, self.capacity)
+        return k, v
 
 
 @dataclass
@@ -103,16 +211,18 @@ class CausalSelfAttention(Module):
         return x.reshape(B, T, self.n_heads, self.head_dim).permute(0, 2, 1, 3)  # (B, H, T, hd)
 
     def forward(
-        self, x: Tensor, mask: np.ndarray, kv_prefix: KVPair | None = None, past: KVPair | None = None
+        self, x: Tensor, mask: np.ndarray, kv_prefix: KVPair | None = None, past: LayerCache | None = None
     ) -> tuple[Tensor, KVPair]:
-        """x (B, T, d), mask boolean broadcastable to (B, 1, T, Tk) -> (out (B, T, d), (K, V) of all keys)."""
+        """x (B, T, d), mask boolean broadcastable to (B, 1, T, Tk) -> (out (B, T, d), (K, V) of all keys).
+
+        ``past``: this layer's cache of earlier positions; their keys and values go in front.
+        """
         B, T, d = x.shape
         q = self.split_heads(self.q_proj(x))  # (B, H, T, hd)
         k = self.split_heads(self.k_proj(x))  # (B, H, T, hd)
         v = self.split_heads(self.v_proj(x))  # (B, H, T, hd)
         if past is not None:
-            k = ops.concat([past[0], k], axis=2)  # (B, H, T_past + T, hd)
-            v = ops.concat([past[1], v], axis=2)  # (B, H, T_past + T, hd)
+            k, v = past.extend(k, v)  # (B, H, T_past + T, hd) each
         if kv_prefix is not None:
             p_k, p_v = kv_prefix  # (B|1, H, P, hd)
             P = p_k.shape[2]
@@ -152,7 +262,7 @@ class Block(Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, mask: np.ndarray, kv_prefix: KVPair | None = None, past: KVPair | None = None
+        self, x: Tensor, mask: np.ndarray, kv_prefix: KVPair | None = None, past: LayerCache | None = None
     ) -> tuple[Tensor, KVPair]:
         a, kv = self.attn(self.ln_1(x), mask, kv_prefix, past)  # (B, T, d)
         x = x + a  # (B, T, d)
@@ -266,11 +376,12 @@ class GPT(Module):
         mask = self._attention_mask(seq_mask, P_kv, kv_prefix_start, cache)  # (B, 1, S, Tk)
         new_cache = KVCache() if use_cache else None
         for i, block in enumerate(self.blocks):
-            past = (cache.keys[i], cache.values[i]) if cache is not None else None
+            past = LayerCache(cache, i, cfg.context_length) if cache is not None else None
             x, (k, v) = block(x, mask, None if kv_prefix is None else kv_prefix[i], past)  # (B, S, d)
             if new_cache is not None:
                 new_cache.keys.append(k.detach())
                 new_cache.values.append(v.detach())
+                new_cache.buffers.append(None if past is None else past.buffer)
         h = self.ln_f(x)  # (B, S, d)
         if P_in:
             h = h[:, P_in:]  # (B, T, d): only token positions carry predictions

@@ -10,6 +10,7 @@ Methods, one file each:
     bitfit.py   BitFit: train the bias terms only (Ben Zaken, Ravfogel & Goldberg, ACL 2022)
     prefix.py   Prefix-Tuning: trainable keys/values in every layer (Li & Liang, ACL 2021)
     prompt.py   Prompt-Tuning: a trainable soft prompt at the input (Lester et al., EMNLP 2021)
+    random_subset.py  a random subset of weight entries, as many as BitFit trains (BitFit's control)
     model.py    get_peft_model, the PeftModel base, full fine-tuning and the frozen baseline,
                 saving and loading adapters
     mixed.py    one frozen model serving a batch of examples from different tasks
@@ -26,6 +27,7 @@ from .config import (
     PeftConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
+    RandomSubsetConfig,
     config_from_dict,
 )
 from .mixed import MixedTaskModel
@@ -40,6 +42,7 @@ from .model import (
 )
 from .prefix import PrefixEncoder, PrefixTuningModel, infix_batch_loss, infix_start_from_labels
 from .prompt import PromptEnsemble, PromptTuningModel, SoftPrompt
+from .random_subset import RandomSubsetModel, subset_indices
 
 __all__ = [
     "AdapterSize",
@@ -58,6 +61,8 @@ __all__ = [
     "PromptEnsemble",
     "PromptTuningConfig",
     "PromptTuningModel",
+    "RandomSubsetConfig",
+    "RandomSubsetModel",
     "SoftPrompt",
     "adapter_bytes",
     "bias_change",
@@ -70,4 +75,5 @@ __all__ = [
     "infix_start_from_labels",
     "load_adapter",
     "plot_bias_change",
+    "subset_indices",
 ]

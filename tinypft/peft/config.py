@@ -8,6 +8,7 @@ like with like (same base model, same data, same loop):
     BitFitConfig(components, include_head)     bias terms only (Ben Zaken et al., 2022)
     PrefixTuningConfig(num_virtual_tokens...)  per-layer key/value prefixes (Li & Liang, 2021)
     PromptTuningConfig(num_virtual_tokens...)  a soft prompt at the input (Lester et al., 2021)
+    RandomSubsetConfig(num_params, seed...)    random weight entries, BitFit's control
 
 ``to_dict`` / ``config_from_dict`` turn a config into JSON and back (the adapter files store it);
 fields that only steer initialization and cannot be written as JSON (a tokenizer, token counts)
@@ -26,6 +27,7 @@ BITFIT_ALIASES: dict[str, tuple[str, ...]] = {"ln": ("ln_1", "ln_2", "ln_f")}  #
 PREFIX_MODES: tuple[str, ...] = ("prefix", "infix", "embedding_only")
 PREFIX_INITS: tuple[str, ...] = ("random", "real_words")
 PROMPT_INITS: tuple[str, ...] = ("uniform", "sampled_vocab", "class_labels", "text", "random_normal")
+SUBSET_COMPONENTS: tuple[str, ...] = ("q", "k", "v", "o", "fc_in", "fc_out")
 
 
 @dataclass
@@ -176,9 +178,40 @@ class PromptTuningConfig(PeftConfig):
             raise ValueError("PromptTuningConfig: init='class_labels' needs class_labels")
 
 
+@dataclass
+class RandomSubsetConfig(PeftConfig):
+    """Train a fixed random subset of weight entries (the BitFit paper's "rand uniform" control).
+
+    num_params: n, entries drawn uniformly from the chosen weight matrices together; None: as many
+        as BitFit trains on the model (every bias and LayerNorm beta, without the head).
+    components: whose weights to draw from: any of "q", "k", "v", "o", "fc_in", "fc_out".
+    seed: the subset is ``np.random.default_rng(seed)``'s draw, independent of the global generator.
+    include_head: a classification head, when the model has one, trains in full (as BitFit's).
+    """
+
+    method: ClassVar[str] = "random_subset"
+    num_params: int | None = None
+    components: Sequence[str] = SUBSET_COMPONENTS
+    seed: int = 0
+    include_head: bool = True
+
+    def __post_init__(self) -> None:
+        self.components = tuple(self.components)
+        unknown = [c for c in self.components if c not in SUBSET_COMPONENTS]
+        if unknown or not self.components:
+            raise ValueError(
+                f"RandomSubsetConfig: unknown components {unknown}; choose from {list(SUBSET_COMPONENTS)}"
+            )
+        if self.num_params is not None:
+            _check_positive("RandomSubsetConfig", "num_params", self.num_params)
+
+
 CONFIG_CLASSES: dict[str, type[PeftConfig]] = {
     cls.method: cls
-    for cls in (FullFinetuneConfig, FrozenConfig, BitFitConfig, PrefixTuningConfig, PromptTuningConfig)
+    for cls in (
+        FullFinetuneConfig, FrozenConfig, BitFitConfig, PrefixTuningConfig, PromptTuningConfig,
+        RandomSubsetConfig,
+    )
 }
 
 

@@ -55,9 +55,9 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "tinypft-pretrained"
 CONTEXT_LENGTH = 128
 
-# Model shapes (vocab_size comes from the tokenizer). Parameters with the 1,856-token vocabulary:
-# tiny 0.09M, small 1.05M, medium 4.64M. Medium uses d_model 240 rather than 256 (5.25M) so that
-# the three float16 files stay under 12 MB together (0.18 + 2.09 + 9.29 MB).
+# Model shapes (vocab_size comes from the tokenizer). Parameters with the 2,048-token vocabulary:
+# tiny 0.10M, small 1.07M, medium 4.69M. Medium uses d_model 240 rather than 256 (5.30M) so that
+# the three float16 files stay under 12 MB together (0.19 + 2.15 + 9.38 MB).
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"d_model": 32, "n_layers": 2, "n_heads": 2},
     "small": {"d_model": 128, "n_layers": 4, "n_heads": 4},
