@@ -63,7 +63,7 @@ class Budget:
 
 
 BUDGETS: dict[str, Budget] = {
-    "default": Budget("default", steps=300, eval_size=100, cls_steps=300, cls_eval_size=300),
+    "default": Budget("default", steps=1000, eval_size=100, cls_steps=500, cls_eval_size=300),
     "quick": Budget("quick", steps=3, eval_size=3, cls_steps=3, cls_eval_size=6, max_new_tokens=6),
 }
 

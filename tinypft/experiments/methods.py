@@ -11,18 +11,24 @@
 
 Every method runs the same loop (AdamW, linear warmup then linear decay, gradient clipping at 1,
 batch 8); only the learning rate and the method's own sizes differ. The learning rates were
-chosen by dev BLEU on synthetic E2E (small model, 300 steps, 60 dev MRs, seed 0), never on test:
+chosen by dev BLEU and slot error rate on synthetic E2E (small model, 600 steps, 60 dev MRs, seed
+0), never on test:
 
-    tinypft finetune --method M --steps 300 --eval-size 60 --sweep-lr ...
-    full     3e-4: 22.0   1e-3: 20.3   3e-3: 21.7
-    bitfit   3e-3:  2.0   1e-2: 11.8   3e-2: 17.2   1e-1: 13.4
-    prefix   1e-3: 13.8   3e-3: 15.0   1e-2:  9.8   3e-2:  0.0   (P 10, MLP width 512)
-    prompt   3e-2:  2.8   1e-1:  7.5   3e-1:  7.4                (P 16, sampled-vocabulary init)
+    tinypft finetune --method M --steps 600 --eval-size 60 --sweep-lr ...
+    full     3e-4: 34.6 / 0.946   1e-3: 39.5 / 0.701   3e-3: 41.2 / 0.743      (BLEU / SER)
+    bitfit   3e-2: 15.8 / 1.290   1e-1: 13.8 / 1.239
+    prefix   3e-3: 20.6 / 1.205   1e-2:  4.8 / 1.139   (P 10, MLP width 512)
+    prompt   1e-1: 12.8 / 1.260   3e-1: 12.4 / 1.215   (P 16, sampled-vocabulary init)
+
+Full fine-tuning takes 1e-3: 3e-3 is a little ahead on BLEU but makes more slot errors, and at
+1,500 steps 1e-3 reaches 46.4 BLEU with a slot error rate of 0.079. The PEFT methods are far
+behind at this budget (their training loss ends near 1.68 nats against full fine-tuning's 0.85).
 
 As the papers say, prompt tuning wants a far larger learning rate than the rest, and full
 fine-tuning the smallest. One short budget and one seed decided: a longer run may prefer others.
 
-Classification rates, by dev accuracy on ``rating`` (200 steps, all 1,020 dev examples):
+Classification rates, by dev accuracy on ``rating`` (200 steps, all 1,020 dev examples; measured on the
+previous small checkpoint, pretrained before the corpus had made-up names):
 
     full     3e-4: 0.382  1e-3: 0.711  3e-3: 0.372
     frozen   3e-3: 0.373  1e-2: 0.275  3e-2: 0.396  1e-1: 0.307     (the linear probe)
@@ -71,7 +77,7 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("full", "every parameter", lr=3e-4, classification_lr=1e-3),
+        Method("full", "every parameter", lr=1e-3, classification_lr=1e-3),
         Method("frozen", "nothing (classification: a linear probe on the last token)", lr=0.0,
                classification_lr=3e-2),
         Method("bitfit", "the bias terms (q, k, v, o, FFN, LayerNorm betas)", lr=3e-2,

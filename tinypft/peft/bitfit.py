@@ -16,7 +16,9 @@ intermediate bias change the most (``analysis.py``); training only those,
 
 One bias cannot learn anything: b_k adds q . b_k to every attention score of a query alike, and
 softmax ignores a shift shared by a whole row, so the gradient of b_k is exactly zero (up to
-rounding). It is trained anyway, as in the paper, and stays where it started.
+rounding). It is trained anyway, as in the paper. In float32 it still drifts a little (AdamW divides
+the rounding noise in its gradient by that noise's own scale), much less than the other biases; the
+drift changes no output, since the shift it adds is shared by a whole row.
 """
 
 from __future__ import annotations
