@@ -80,6 +80,10 @@ class KVBuffer:
         self.values[:, :, start:end] = v
         self.filled = end
 
+    def arrays(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``length`` positions as arrays (B, H, length, hd): views, no copy."""
+        return self.keys[:, :, :length], self.values[:, :, :length]
+
     def views(self, length: int) -> KVPair:
         """The first ``length`` positions as tensors (B, H, length, hd): views, no copy."""
         return Tensor._wrap(self.keys[:, :, :length]), Tensor._wrap(self.values[:, :, :length])
@@ -132,13 +136,20 @@ class KVCache:
         past_k, past_v = self.keys[layer], self.values[layer]
         if is_grad_enabled() and any(t.requires_grad for t in (k, v, past_k, past_v)):
             return ops.concat([past_k, k], axis=2), ops.concat([past_v, v], axis=2), None
+        buffer = self.write(layer, k.data, v.data, capacity)
+        return *buffer.views(past_k.shape[2] + k.shape[2]), buffer
+
+    def write(self, layer: int, k: np.ndarray, v: np.ndarray, capacity: int = 0) -> KVBuffer:
+        """Store arrays k, v (B, H, T, hd) after layer ``layer``'s T_past cached positions; returns the
+        buffer whose first T_past + T positions are now [cached; new] (``extend`` without tensors)."""
+        past_k, past_v = self.keys[layer].data, self.values[layer].data  # (B, H, T_past, hd)
         T_past, T = past_k.shape[2], k.shape[2]
         buffer = self.buffer(layer)
         if buffer is None or buffer.filled != T_past or T_past + T > buffer.capacity:
             room = max(capacity, 2 * (T_past + T) if buffer is not None else T_past + T)
-            buffer = KVBuffer.holding(past_k.data, past_v.data, room)
-        buffer.write(T_past, k.data, v.data)
-        return *buffer.views(T_past + T), buffer
+            buffer = KVBuffer.holding(past_k, past_v, room)
+        buffer.write(T_past, k, v)
+        return buffer
 
     def select(self, rows: np.ndarray) -> KVCache:
         """The cache of some rows (in the given order): beam search reorders its hypotheses with it.
@@ -333,7 +344,17 @@ class GPT(Module):
         attention_mask (B, T): 1 for real tokens, 0 for padding (left or right).
         position_ids (B, T): explicit positions; by default each row counts its real tokens,
         starting after any prompt, prefix or cached positions.
+
+        A cached continuation without gradients in eval mode (a decoding step) is computed by
+        ``decode.decode_step`` on the arrays, without autograd; same results, a fraction of the
+        Python overhead (``decode.use_fast_decode(False)`` turns it off).
         """
+        if cache is not None and prompt_embeds is None and kv_prefix is None and kv_prefix_start is None:
+            from .decode import decode_step  # here: decode.py imports this module
+
+            out = decode_step(self, ids, attention_mask, position_ids, cache, use_cache)
+            if out is not None:  # None: a case it leaves to the general path below
+                return out
         ids = self._check_ids(ids)
         B, T = ids.shape
         cfg = self.config
