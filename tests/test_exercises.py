@@ -10,6 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_exercises_03 import RIGHT as LESSON_03_RIGHT
+from test_exercises_04 import RIGHT as LESSON_04_RIGHT
+from test_exercises_05 import RIGHT as LESSON_05_RIGHT
+from test_exercises_06 import RIGHT as LESSON_06_RIGHT
+from test_exercises_07 import RIGHT as LESSON_07_RIGHT
 
 import tinypft
 from tinypft import Function, Tensor, cli, exercises
@@ -104,6 +108,10 @@ RIGHT = [
     (exercises.check_multi_head_attention, multi_head_attention),
     (exercises.check_parameter_count, gpt_num_parameters),
     *LESSON_03_RIGHT,
+    *LESSON_04_RIGHT,
+    *LESSON_05_RIGHT,
+    *LESSON_06_RIGHT,
+    *LESSON_07_RIGHT,
 ]
 
 

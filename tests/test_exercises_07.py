@@ -1,0 +1,171 @@
+"""The checkers of lesson 7 (the showdown): right answers pass, wrong ones fail with a message that
+names the input and gives a hint, and an unfinished exercise raises its own NotImplementedError."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from tinypft import exercises
+
+# ----------------------------------------------------------------------------- right answers
+
+
+def trainable_count(method, config, P):
+    d, f, L, k = config.d_model, config.d_ff, config.n_layers, 512
+    if method == "frozen":
+        return 0
+    if method == "full":
+        return config.num_parameters()
+    if method == "bitfit":
+        return L * (4 * d + f + d + 2 * d) + d
+    if method == "prefix":
+        return P * d + (d * k + k) + (k * 2 * L * d + 2 * L * d)
+    if method == "prompt":
+        return P * d
+    raise ValueError(method)
+
+
+def storage_for_tasks(n_tasks, base_params, adapter_params, bytes_per_param):
+    return bytes_per_param * (base_params + n_tasks * adapter_params), bytes_per_param * n_tasks * base_params
+
+
+def pareto_front(rows):
+    def dominates(a, b):
+        no_worse = a["trainable_params"] <= b["trainable_params"] and a["test_bleu"] >= b["test_bleu"]
+        better = a["trainable_params"] < b["trainable_params"] or a["test_bleu"] > b["test_bleu"]
+        return no_worse and better
+
+    return [row["method"] for row in rows if not any(dominates(other, row) for other in rows)]
+
+
+RIGHT = [
+    (exercises.check_trainable_count, trainable_count),
+    (exercises.check_storage_for_tasks, storage_for_tasks),
+    (exercises.check_pareto_front, pareto_front),
+]
+
+# The right answers above also run through the generic checks in test_exercises.py.
+
+
+def test_counts_and_bytes_may_be_numpy_integers(capsys):
+    exercises.check_trainable_count(lambda *args: np.int64(trainable_count(*args)))
+    exercises.check_storage_for_tasks(lambda *args: tuple(np.int64(n) for n in storage_for_tasks(*args)))
+    assert capsys.readouterr().out.count("passed") == 2
+
+
+# ----------------------------------------------------------------------------- wrong answers
+
+
+def count_with(method, config, P, **changes):
+    """The right count, with one method's answer replaced by changes[method](d, f, L, V, P)."""
+    d, f, L, V = config.d_model, config.d_ff, config.n_layers, config.vocab_size
+    if method in changes:
+        return changes[method](d, f, L, V, P)
+    return trainable_count(method, config, P)
+
+
+def counting_with(changes):
+    return lambda method, config, P: count_with(method, config, P, **changes)
+
+
+WRONG_COUNTS = [
+    (dict(bitfit=lambda d, f, L, V, P: L * (4 * d + f + d + 2 * d)), "ln_f has a beta"),
+    (dict(bitfit=lambda d, f, L, V, P: L * (4 * d + f + d)), "LayerNorm betas: 2 per block"),
+    (dict(bitfit=lambda d, f, L, V, P: L * (4 * d + f + d + 4 * d) + 2 * d), "not their gains"),
+    (dict(bitfit=lambda d, f, L, V, P: L * (4 * d + 4 * d + d + 2 * d) + d), "d_ff entries"),
+    (dict(prefix=lambda d, f, L, V, P: 2 * L * d * P), "STORED after merge"),
+    (dict(prefix=lambda d, f, L, V, P: (d * 512 + 512) + (512 * 2 * L * d + 2 * L * d)), r"P' \(P x d\)"),
+    (dict(prefix=lambda d, f, L, V, P: P * d + d * 512 + 512 * 2 * L * d), "has a bias"),
+    (dict(prompt=lambda d, f, L, V, P: 2 * L * d * P), "input only"),
+    (dict(full=lambda d, f, L, V, P: None), r"returned None.*expected an int"),
+    (dict(frozen=lambda d, f, L, V, P: 0.0), "expected an int"),
+]
+
+
+def storage_with(n, base, adapter, nbytes, with_adapters=None, full_copies=None):
+    right_a, right_f = storage_for_tasks(n, base, adapter, nbytes)
+    return (right_a if with_adapters is None else with_adapters,
+            right_f if full_copies is None else full_copies)
+
+
+def front_strict_both(rows):
+    return [r["method"] for r in rows if not any(
+        o["trainable_params"] < r["trainable_params"] and o["test_bleu"] > r["test_bleu"] for o in rows)]
+
+
+def front_dropping_ties(rows):
+    return [r["method"] for r in rows if not any(
+        o is not r and o["trainable_params"] <= r["trainable_params"] and o["test_bleu"] >= r["test_bleu"]
+        for o in rows)]
+
+
+def front_reversed(rows):
+    return pareto_front([{**r, "trainable_params": -r["trainable_params"]} for r in rows])
+
+
+def front_sorted_by_params(rows):
+    return [r["method"] for r in sorted(rows, key=lambda r: -r["trainable_params"])
+            if r["method"] in pareto_front(rows)]
+
+
+def front_mutating(rows):
+    rows.sort(key=lambda r: r["trainable_params"])
+    return pareto_front(rows)
+
+
+WRONG = [
+    *[(exercises.check_trainable_count, counting_with(changes), message)
+      for changes, message in WRONG_COUNTS],
+    (exercises.check_storage_for_tasks,
+     lambda n, b, a, nb: storage_with(n, b, a, nb, with_adapters=nb * n * a), "base model is stored too"),
+    (exercises.check_storage_for_tasks,
+     lambda n, b, a, nb: storage_with(n, b, a, nb, with_adapters=nb * n * (b + a)), "store it once"),
+    (exercises.check_storage_for_tasks,
+     lambda n, b, a, nb: storage_with(n, b, a, nb, full_copies=nb * (n + 1) * b), "original is not needed"),
+    (exercises.check_storage_for_tasks, lambda n, b, a, nb: (b + n * a, n * b),
+     "multiply by bytes_per_param"),
+    (exercises.check_storage_for_tasks,
+     lambda n, b, a, nb: tuple(map(float, storage_for_tasks(n, b, a, nb))), "expected two ints"),
+    (exercises.check_storage_for_tasks, lambda n, b, a, nb: storage_for_tasks(n, b, a, nb)[0],
+     "expected a pair"),
+    (exercises.check_pareto_front, front_strict_both, "same parameters and a lower BLEU is dominated"),
+    (exercises.check_pareto_front, front_dropping_ties, "identical numbers do not dominate"),
+    (exercises.check_pareto_front, front_reversed, "fewer trainable parameters is better"),
+    (exercises.check_pareto_front, lambda rows: [max(rows, key=lambda r: r["test_bleu"])["method"]],
+     "not only the best BLEU"),
+    (exercises.check_pareto_front, front_sorted_by_params, "another order"),
+    (exercises.check_pareto_front, front_mutating, "changed its input rows"),
+    (exercises.check_pareto_front, lambda rows: set(pareto_front(rows)),
+     "expected a list of method names"),
+]
+WRONG_IDS = [f"{checker.__name__}-{i}" for i, (checker, *_) in enumerate(WRONG)]
+
+
+@pytest.mark.parametrize(("checker", "fn", "message"), WRONG, ids=WRONG_IDS)
+def test_checker_explains_a_wrong_answer(checker, fn, message):
+    with pytest.raises(AssertionError, match=re.compile(message, re.DOTALL)) as info:
+        checker(fn)
+    assert str(info.value).startswith(checker.__name__ + ":")
+
+
+@pytest.mark.parametrize(("checker", "fn"), RIGHT, ids=[c.__name__ for c, _ in RIGHT])
+def test_an_unfinished_exercise_raises_its_not_implemented_error(checker, fn):
+    def stub(*args):
+        raise NotImplementedError("Exercise: stub")
+
+    with pytest.raises(NotImplementedError, match="Exercise: stub"):
+        checker(stub)
+
+
+def test_the_lesson_calls_every_new_checker():
+    from pathlib import Path
+
+    from tinypft.exercises import make
+
+    lessons = Path(__file__).resolve().parents[1] / "lessons"
+    entries = make.list_exercises(lessons)["07_showdown.ipynb"]
+    called = {checker for _, checkers in entries for checker in checkers}
+    assert called == {checker.__name__ for checker, _ in RIGHT}

@@ -1,0 +1,310 @@
+"""Checkers for lesson 4 (BitFit): which parameters BitFit trains, freezing everything else, and
+how far each bias moved, (1/dim) ||b0 - bF||_1 per component and layer.
+
+Like the other checkers, each runs the student's function on several inputs, compares it with
+tinypft's own version (``tinypft.peft.bitfit`` and ``tinypft.peft.analysis``), prints one line
+when everything agrees and otherwise raises an ``AssertionError`` naming the input, what was
+expected and what came back, with a hint. An unfinished exercise's ``NotImplementedError`` passes
+through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..engine import default_dtype, manual_seed
+from ..model import GPT, GPTConfig
+from .checks import _call, _engine_state, _fail, _passed
+
+# (where, config, classification labels or None)
+_MODEL_CASES: list[tuple[str, GPTConfig, int | None]] = [
+    ("a 1-layer GPT (d=8, d_ff=32)", GPTConfig(vocab_size=32, context_length=16, d_model=8, n_layers=1,
+                                               n_heads=2), None),
+    ("a 3-layer GPT (d=8, d_ff=32)", GPTConfig(vocab_size=32, context_length=16, d_model=8, n_layers=3,
+                                               n_heads=2), None),
+    ("a 2-layer GPT with a 3-class classification head (model.cls_head)",
+     GPTConfig(vocab_size=32, context_length=16, d_model=8, n_layers=2, n_heads=2), 3),
+    ("a 2-layer GPT with d_ff=12 (not 4d)",
+     GPTConfig(vocab_size=32, context_length=16, d_model=8, n_layers=2, n_heads=1, d_ff=12), None),
+]
+
+
+def _build(config: GPTConfig, num_labels: int | None) -> GPT:
+    with _engine_state():
+        manual_seed(4)
+        model = GPT(config)
+        if num_labels is not None:
+            model.add_classification_head(num_labels)
+    return model
+
+
+def _expected_names(model: GPT) -> list[str]:
+    from ..peft import BitFitConfig
+    from ..peft.bitfit import bitfit_parameter_names
+
+    return bitfit_parameter_names(model, BitFitConfig())
+
+
+def _names_hint(got: set[str], expected: set[str]) -> str:
+    """A hint for the first kind of mistake found in the difference between two sets of names."""
+    extra, missing = got - expected, expected - got
+    if any(n.split(".")[-2].startswith("ln") and n.endswith(".weight") for n in extra):
+        return ("a LayerNorm's .weight is its scale gamma, which stays frozen: only its beta (.bias) trains, "
+                "LN(x) = gamma * (x - mu) / sigma + beta")
+    if any(n.endswith(".weight") and not n.startswith("cls_head.") for n in extra):
+        return "weight matrices (and the embeddings) stay frozen: BitFit trains the biases"
+    if "cls_head.weight" in missing or "cls_head.bias" in missing:
+        return ("when the model has a task head (model.cls_head is not None), all of it trains too, weight "
+                "and bias: the paper's code trains its classifier")
+    if any("k_proj" in n for n in missing):
+        return "b_k gets (almost) no gradient, but BitFit trains it anyway, as the paper does"
+    if missing == {"ln_f.bias"}:
+        return "the final LayerNorm, ln_f, has a beta too"
+    if any(".ln_" in n or n.startswith("ln_") for n in missing):
+        return "the LayerNorm betas (ln_1.bias, ln_2.bias, ln_f.bias) are biases too"
+    if any(".mlp." in n for n in missing):
+        return "the feed-forward network's biases (mlp.fc_in.bias, mlp.fc_out.bias) train too"
+    if any(".attn." in n for n in missing):
+        return "all four attention biases train: q_proj, k_proj, v_proj and o_proj"
+    return "every name in model.named_parameters() that ends in '.bias', plus the head's parameters"
+
+
+def _show_names(names: Any, limit: int = 6) -> str:
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def check_bias_parameter_names(fn: Callable[[GPT], Any]) -> None:
+    """``fn(model)`` must return the names of the parameters BitFit trains on a tinypft ``GPT``, in the
+    order of ``model.named_parameters()``: every attention and FFN bias and every LayerNorm beta, plus
+    the classification head (weight and bias) when the model has one; without changing the model."""
+    check = "check_bias_parameter_names"
+    for where, config, num_labels in _MODEL_CASES:
+        model = _build(config, num_labels)
+        call = f"{where}: fn(model)"
+        got = _call(check, call, fn, model, hint="loop over model.named_parameters()")
+        expected = _expected_names(model)
+        if not isinstance(got, list | tuple):
+            _fail(check, f"{call}: returned {type(got).__name__}, expected a list of names",
+                  "return a list of str: [name for name, p in model.named_parameters() if ...]")
+        bad = [x for x in got if not isinstance(x, str)]
+        if bad:
+            kind = type(bad[0]).__name__
+            _fail(check, f"{call}: the list holds {kind}, expected str (the parameters' names)",
+                  "named_parameters() gives (name, parameter) pairs: keep the name")
+        if any(not p.requires_grad for p in model.parameters()):
+            _fail(check, f"{call}: your function changed requires_grad",
+                  "only list the names here; freezing is the next exercise")
+        if len(set(got)) != len(got):
+            _fail(check, f"{call}: some names appear more than once", "list each name once")
+        if set(got) != set(expected):
+            extra, missing = set(got) - set(expected), set(expected) - set(got)
+            message = f"{call}: got {len(got)} names, expected {len(expected)}"
+            if missing:
+                message += f"\n  missing: {_show_names(missing)}"
+            if extra:
+                message += f"\n  not trained by BitFit: {_show_names(extra)}"
+            _fail(check, message, _names_hint(set(got), set(expected)))
+        if list(got) != expected:
+            _fail(check, f"{call}: the right names in another order; first: {list(got)[:3]}, expected "
+                         f"{expected[:3]}", "keep the order of model.named_parameters()")
+    _passed(check, f"{len(_MODEL_CASES)} models, 1 to 3 layers, with and without a classification head; the "
+                   "same names as tinypft.peft.bitfit.bitfit_parameter_names")
+
+
+def check_freeze_all_but_biases(fn: Callable[[GPT], Any]) -> None:
+    """``fn(model)`` must set ``requires_grad`` True exactly for BitFit's parameters (the biases, the
+    LayerNorm betas and a classification head) and False for every other parameter, whatever the flags
+    were before, leave the values alone, and return the number of trainable scalars."""
+    from ..peft import BitFitConfig, get_peft_model
+
+    check = "check_freeze_all_but_biases"
+    cases = [(f"{where}, every parameter trainable (as a GPT starts)", config, labels, True)
+             for where, config, labels in _MODEL_CASES]
+    where, config, labels = _MODEL_CASES[2]
+    cases.append((f"{where}, every parameter frozen before the call", config, labels, False))
+    for where, config, num_labels, start in cases:
+        model = _build(config, num_labels)
+        for p in model.parameters():
+            p.requires_grad = start
+        before = {name: p.data.copy() for name, p in model.named_parameters()}
+        call = f"{where}: fn(model)"
+        hint = "for name, p in model.named_parameters(): p.requires_grad = ..."
+        got = _call(check, call, fn, model, hint=hint)
+        expected = set(_expected_names(model))
+        params = dict(model.named_parameters())
+        trainable = {name for name, p in params.items() if p.requires_grad}
+        if any(not np.array_equal(before[name], p.data) for name, p in params.items()):
+            _fail(check, f"{call}: your function changed parameter values", "only set requires_grad")
+        if trainable != expected:
+            still, frozen = trainable - expected, expected - trainable
+            message = f"{call}: {len(trainable)} parameters require grad afterwards, expected {len(expected)}"
+            if still:
+                message += f"\n  should be frozen: {_show_names(still)}"
+                hint = ("set p.requires_grad = False for every parameter BitFit does not train: a new GPT "
+                        "starts with every parameter trainable")
+                scales = {n for n in params if n.endswith(".weight") and n.split(".")[-2].startswith("ln")}
+                if still <= scales:  # LayerNorm gammas left trainable
+                    hint = _names_hint(trainable, expected)
+            if frozen:
+                message += f"\n  should train: {_show_names(frozen)}"
+                hint = _names_hint(trainable, expected)
+                if not start and not trainable:
+                    hint = ("set p.requires_grad = True for BitFit's parameters too: a model may come in "
+                            "with them frozen")
+            _fail(check, message, hint)
+        count = sum(params[name].size for name in expected)
+        if isinstance(got, bool) or not isinstance(got, int | np.integer):
+            _fail(check, f"{call}: returned {got!r:.60}, expected an int (the number of trainable scalars)",
+                  "return sum(p.size for p in model.parameters() if p.requires_grad)")
+        if int(got) != count:
+            hints = {
+                len(expected): "count scalars (p.size), not parameter tensors",
+                sum(p.size for p in params.values()): "count only the parameters that train",
+                sum(p.size for name, p in params.items() if name.endswith(".bias")):
+                    "the head's weight trains too, so it counts",
+            }
+            _fail(check, f"{call}: returned {int(got):,}, expected {count:,} trainable scalars",
+                  hints.get(int(got), "the sum of p.size over the parameters that require grad"))
+        library = get_peft_model(_build(config, num_labels), BitFitConfig()).get_nb_trainable_parameters()[0]
+        if library != count:  # pragma: no cover - the library and the names disagree
+            _fail(check, f"{where}: BitFitModel trains {library:,} scalars, the names give {count:,}")
+    _passed(check, f"{len(cases)} models, with and without a head, starting trainable or frozen; the same "
+                   "flags and count as get_peft_model(model, BitFitConfig())")
+
+
+# ----------------------------------------------------------------------------- the bias change
+
+
+def _state_cases() -> list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """(where, before, after) pairs of state dicts with biases of different sizes (d = 8, d_ff = 24)."""
+    config = GPTConfig(vocab_size=32, context_length=16, d_model=8, n_layers=2, n_heads=2, d_ff=24)
+    with _engine_state(), default_dtype(np.float64):
+        manual_seed(5)
+        state = GPT(config).state_dict()
+    rng = np.random.default_rng(40)
+    state = {name: a + 0.05 * rng.standard_normal(a.shape) for name, a in state.items()}  # biases start at 0
+
+    def moved(source: dict[str, np.ndarray], scale: float = 0.1) -> dict[str, np.ndarray]:
+        # every parameter moves (the weights too: they must be ignored), by a different amount per name
+        return {name: a + scale * rng.uniform(0.1, 2.0) * rng.standard_normal(a.shape) for name, a in
+                source.items()}
+
+    cases = [("two GPT state dicts (every bias and weight changed)", state, moved(state))]
+    prefixed = {f"base_model.{name}": a for name, a in state.items()}
+    cases.append(("PeftModel state dicts (names start with 'base_model.')", prefixed, moved(prefixed)))
+    only = {name: a for name, a in moved(state).items() if ".q_proj." in name or ".fc_in." in name}
+    cases.append(("`after` holds only the q_proj and fc_in parameters (the q + fc_in variant)", state, only))
+    small = moved(state, scale=1e-4)
+    cases.append(("small changes, around 1e-4", state, small))
+    float32 = {name: a.astype(np.float32) for name, a in state.items()}
+    cases.append(("float32 arrays", float32, {n: a.astype(np.float32) for n, a in moved(state).items()}))
+    return cases
+
+
+def _reference_change(
+    before: dict[str, np.ndarray], after: dict[str, np.ndarray]
+) -> dict[tuple[str, int], float]:
+    from ..peft.analysis import bias_change
+
+    return bias_change(before, after)
+
+
+def _change_variants(
+    before: dict[str, np.ndarray], after: dict[str, np.ndarray]
+) -> list[tuple[dict[tuple[str, int], float], str]]:
+    """What common mistakes give, each with its hint."""
+    from ..peft.analysis import _BIAS_PATTERN, _COMPONENT
+
+    measures: list[tuple[Callable[[np.ndarray, np.ndarray], float], str]] = [
+        (lambda b0, b1: float(np.abs(b0 - b1).sum()),
+         "divide by the bias's size dim: (1/dim) ||b0 - bF||_1 is the mean absolute change of its entries, "
+         "so a d_ff-wide FFN bias and a d-wide one compare fairly"),
+        (lambda b0, b1: float(np.sqrt(np.square(b0 - b1).sum()) / b0.size),
+         "the paper's norm is the L1 norm, the sum of absolute values, not the L2 norm"),
+        (lambda b0, b1: float(np.sqrt(np.square(b0 - b1).sum())),
+         "(1/dim) ||b0 - bF||_1: the L1 norm (sum of |differences|), divided by dim"),
+        (lambda b0, b1: float(abs((b0 - b1).mean())),
+         "take the absolute value of every entry's change before averaging: changes of opposite sign must "
+         "not cancel"),
+        (lambda b0, b1: float(np.abs(b0 - b1).max()),
+         "the mean of |b0 - bF| over the entries, not the maximum"),
+        (lambda b0, b1: float(np.abs(b0 - b1).sum() / max(np.abs(b0).sum(), 1e-300)),
+         "the change itself, not relative to ||b0||_1: divide by the number of entries dim"),
+    ]
+    variants = []
+    for measure, hint in measures:
+        values = {}
+        for name, b0 in before.items():
+            match = _BIAS_PATTERN.search(name)
+            if match is None or name not in after:
+                continue
+            b0_64, b1_64 = np.asarray(b0, np.float64), np.asarray(after[name], np.float64)
+            values[(_COMPONENT[match.group(2)], int(match.group(1)))] = measure(b0_64, b1_64)
+        variants.append((values, hint))
+    return variants
+
+
+def _same_values(got: dict[Any, Any], expected: dict[Any, float], rtol: float = 1e-5) -> bool:
+    return set(got) == set(expected) and all(
+        np.isclose(float(got[key]), value, rtol=rtol, atol=1e-12) for key, value in expected.items()
+    )
+
+
+def check_bias_change(fn: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], Any]) -> None:
+    """``fn(before, after)`` with two state dicts (name -> array) must return a dict
+    ``{(component, layer): (1/dim) * ||b0 - bF||_1}`` for every per-layer bias in both (components
+    q, k, v, o, fc_in, fc_out, ln_1, ln_2; the final LayerNorm and the weights left out), as
+    ``tinypft.peft.analysis.bias_change`` does, without changing its inputs."""
+    check = "check_bias_change"
+    for where, before, after in _state_cases():
+        call = f"{where}: fn(before, after)"
+        copies = ({n: a.copy() for n, a in before.items()}, {n: a.copy() for n, a in after.items()})
+        hint = "for name in before: if name is in after and component_and_layer(name) is not None ..."
+        got = _call(check, call, fn, before, after, hint=hint)
+        if any(not np.array_equal(a, copies[0][n]) for n, a in before.items()) or any(
+            not np.array_equal(a, copies[1][n]) for n, a in after.items()
+        ):
+            _fail(check, f"{call}: your function changed its inputs",
+                  "compute on copies, never write into them")
+        expected = _reference_change(before, after)
+        if not isinstance(got, dict):
+            _fail(check, f"{call}: returned {type(got).__name__}, "
+                         "expected a dict {(component, layer): change}")
+        keys = set(got)
+        if keys != set(expected):
+            extra, missing = keys - set(expected), set(expected) - keys
+            hint = "one entry per per-layer bias in both state dicts, keyed by component_and_layer(name)"
+            if any(isinstance(k, str) for k in keys):
+                hint = "key the dict by (component, layer), e.g. ('q', 0), as component_and_layer(name) gives"
+            elif any(isinstance(k, tuple) and len(k) == 2 and k[0] == "ln_f" for k in extra):
+                hint = "ln_f is not per layer: leave the final LayerNorm out of the table"
+            elif missing and all(k[0] in ("ln_1", "ln_2") for k in missing):
+                hint = "the LayerNorm betas ln_1.bias and ln_2.bias belong in the table too"
+            elif extra and not missing:
+                hint = "only names present in both state dicts, and only biases (no weights)"
+            message = f"{call}: got {len(keys)} entries, expected {len(expected)}"
+            if missing:
+                message += f"\n  missing: {sorted(missing, key=str)[:6]}"
+            if extra:
+                message += f"\n  unexpected: {sorted(extra, key=str)[:6]}"
+            _fail(check, message, hint)
+        bad = [k for k in expected if not isinstance(got[k], float | np.floating | int | np.integer)]
+        if bad:
+            _fail(check, f"{call}: the value for {bad[0]} is {type(got[bad[0]]).__name__}, expected a float",
+                  "return float(...) of the mean absolute change")
+        if not _same_values(got, expected):
+            hint = "(1/dim) ||b0 - bF||_1 = np.abs(b0 - bF).sum() / b0.size, computed in float64"
+            for candidate, candidate_hint in _change_variants(before, after):
+                if _same_values(got, candidate):
+                    hint = candidate_hint
+                    break
+            key = next(k for k in expected if not _same_values({k: got[k]}, {k: expected[k]}))
+            _fail(check, f"{call}: {key}: got {float(got[key]):.6g}, expected {expected[key]:.6g}", hint)
+    _passed(check, "5 pairs of state dicts: GPT and PeftModel names, a partial `after`, tiny changes, "
+                   "float32; the same table as tinypft.peft.analysis.bias_change")
+
