@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_exercises_03 import RIGHT as LESSON_03_RIGHT
-from test_exercises_04 import RIGHT as LESSON_04_RIGHT
-from test_exercises_05 import RIGHT as LESSON_05_RIGHT
-from test_exercises_06 import RIGHT as LESSON_06_RIGHT
-from test_exercises_07 import RIGHT as LESSON_07_RIGHT
+import test_exercises_03
+import test_exercises_04
+import test_exercises_05
+import test_exercises_06
+import test_exercises_07
 
 import tinypft
 from tinypft import Function, Tensor, cli, exercises
@@ -21,6 +21,10 @@ from tinypft.engine import functional as F
 from tinypft.engine import get_rng, unbroadcast
 from tinypft.exercises import make
 
+# Lessons 3 to 7 keep their right and wrong answers in a module each (test_exercises_0N.py).
+LATER_LESSONS = (
+    test_exercises_03, test_exercises_04, test_exercises_05, test_exercises_06, test_exercises_07,
+)
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = ROOT / "lessons"
 NOTEBOOKS = sorted(LESSONS.glob("*.ipynb"))
@@ -107,11 +111,7 @@ RIGHT = [
     (exercises.check_attention, attention),
     (exercises.check_multi_head_attention, multi_head_attention),
     (exercises.check_parameter_count, gpt_num_parameters),
-    *LESSON_03_RIGHT,
-    *LESSON_04_RIGHT,
-    *LESSON_05_RIGHT,
-    *LESSON_06_RIGHT,
-    *LESSON_07_RIGHT,
+    *(pair for lesson in LATER_LESSONS for pair in lesson.RIGHT),
 ]
 
 
@@ -268,6 +268,7 @@ WRONG = [
 ]
 
 
+WRONG += [wrong for lesson in LATER_LESSONS for wrong in lesson.WRONG]
 WRONG_IDS = [f"{checker.__name__}-{i}" for i, (checker, *_) in enumerate(WRONG)]
 
 
@@ -346,6 +347,13 @@ def test_strip_solutions_keeps_indentation_and_the_lines_around_each_region():
 def test_unbalanced_markers_are_errors(source, message):
     with pytest.raises(ValueError, match=message):
         make.strip_solutions(source)
+
+
+@pytest.mark.parametrize("lesson", LATER_LESSONS, ids=[lesson.LESSON for lesson in LATER_LESSONS])
+def test_each_lesson_calls_the_checkers_its_answers_exercise(lesson):
+    entries = make.list_exercises(LESSONS)[lesson.LESSON]
+    called = {checker for _, checkers in entries for checker in checkers}
+    assert called == {checker.__name__ for checker, _ in lesson.RIGHT}
 
 
 def test_lessons_exist_and_each_has_three_checked_exercises():

@@ -1,12 +1,14 @@
 """The checkers of lesson 4 (BitFit): right answers pass, wrong ones fail with a message that names
-the input and gives a hint, and an unfinished exercise raises its own NotImplementedError."""
+the input and gives a hint, and an unfinished exercise raises its own NotImplementedError.
+
+RIGHT, WRONG and LESSON are run through the generic tests of test_exercises.py; this module adds
+the tests particular to this lesson."""
 
 from __future__ import annotations
 
 import re
 
 import numpy as np
-import pytest
 
 from tinypft import exercises
 
@@ -212,31 +214,4 @@ WRONG = [
     (exercises.check_bias_change, lambda b, a: {k: [v] for k, v in bias_change(b, a).items()},
      "expected a float"),
 ]
-WRONG_IDS = [f"{checker.__name__}-{i}" for i, (checker, *_) in enumerate(WRONG)]
-
-
-@pytest.mark.parametrize(("checker", "fn", "message"), WRONG, ids=WRONG_IDS)
-def test_checker_explains_a_wrong_answer(checker, fn, message):
-    with pytest.raises(AssertionError, match=re.compile(message, re.DOTALL)) as info:
-        checker(fn)
-    assert str(info.value).startswith(checker.__name__ + ":")
-
-
-@pytest.mark.parametrize(("checker", "fn"), RIGHT, ids=[c.__name__ for c, _ in RIGHT])
-def test_an_unfinished_exercise_raises_its_not_implemented_error(checker, fn):
-    def stub(*args):
-        raise NotImplementedError("Exercise: stub")
-
-    with pytest.raises(NotImplementedError, match="Exercise: stub"):
-        checker(stub)
-
-
-def test_the_lesson_calls_every_new_checker():
-    from pathlib import Path
-
-    from tinypft.exercises import make
-
-    lessons = Path(__file__).resolve().parents[1] / "lessons"
-    entries = make.list_exercises(lessons)["04_bitfit.ipynb"]
-    called = {checker for _, checkers in entries for checker in checkers}
-    assert called == {checker.__name__ for checker, _ in RIGHT}
+LESSON = "04_bitfit.ipynb"  # the notebook whose checkers RIGHT and WRONG exercise
