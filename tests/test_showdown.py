@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,15 @@ def test_aggregate_means_over_seeds_and_the_table_shows_the_spread(tmp_path: Pat
     assert table[0].split("|")[1].strip() == "method" and "test BLEU" in table[0]
     assert "25.0 ± 5.0" in table[2] and "2.00 kB" in table[2] and "500 B" in table[3]
     assert plot_tradeoff(merged, tmp_path / "plot.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.skipif(not os.environ.get("TINYPFT_DATA"), reason="TINYPFT_DATA is not set")
+def test_showdown_on_the_real_e2e_data(checkpoint, tmp_path: Path):
+    out = tmp_path / "real"
+    args = ["showdown", "--test-budget", "--data", "e2e", "--size", "tiny", "--checkpoint", checkpoint,
+            "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    result = json.loads((out / "showdown.json").read_text())
+    assert result["data"] == "e2e" and "--data e2e" in result["command"]
+    assert all(run["data"] == "e2e" for run in result["runs"])
+    assert result["runs"][1]["train_units"] == 4862  # the real training set's MRs, not the synthetic ones

@@ -54,6 +54,10 @@ COMMANDS: dict[str, Command] = {
         "tinypft.experiments.findings", "re-run the papers' findings over seeds; write docs/results.md",
         trains=True,
     ),
+    "scale": Command(
+        "tinypft.experiments.scale", "the real E2E data at 1M parameters, trained by PyTorch and by tinypft",
+        trains=True,
+    ),
     "bench": Command(
         "tinypft.bench", "time training steps, generation and matmuls; optionally against PyTorch",
         trains=True,

@@ -32,7 +32,7 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -330,11 +330,12 @@ def make_train_config(settings: FinetuneSettings, n_train: int, pad_id: int) -> 
     )
 
 
-def fit(run: Run, callback: Any = None) -> Run:
-    """Train what the method trains (nothing for the frozen LM), then bake a prefix MLP."""
+def fit(run: Run, callback: Any = None, trainer: Callable[..., TrainResult] = train) -> Run:
+    """Train what the method trains (nothing for the frozen LM), then bake a prefix MLP.
+    ``trainer`` takes ``train``'s arguments and does the steps (``torch_train``: in PyTorch)."""
     if run.train_config is not None:
         loss_fn = probe_loss if run.settings.probe else infix_batch_loss if run.infix else lm_batch_loss
-        run.result = train(run.model, run.data.train, run.train_config, loss_fn=loss_fn, callback=callback)
+        run.result = trainer(run.model, run.data.train, run.train_config, loss_fn=loss_fn, callback=callback)
     if run.settings.method == "prefix":
         run.model.merge()  # inference form: what the adapter stores is what gets evaluated
     run.model.eval()

@@ -2,6 +2,7 @@
 
     tinypft showdown --quick     # under 2 minutes on 2 CPU cores (a subset of dev/test, said so)
     tinypft showdown             # under 15 minutes: longer training, all 300 dev and test MRs
+    tinypft showdown --data e2e  # the real E2E data from $TINYPFT_DATA (547 dev, 630 test MRs)
 
 Each method (frozen, full, bitfit, prefix with its MLP, prompt) starts from the same shipped
 checkpoint, trains for the same number of steps on the same batches with its own default learning
@@ -67,6 +68,7 @@ def run_showdown(
     checkpoint: str | None = None,
     progress: bool = True,
     command: str | None = None,
+    data: str = "synth",
 ) -> dict[str, Any]:
     """Run every method for ``seeds`` seeds (0, 1, ...) within ``budget``; returns the showdown
     record (rows: means over seeds) and, with ``out``, writes showdown.json, .md and .png there."""
@@ -82,7 +84,7 @@ def run_showdown(
             for method in SHOWDOWN_METHODS:
                 bar.set_description(f"{method} (seed {seed})")
                 settings = FinetuneSettings(
-                    method=method, task="e2e", size=size, checkpoint=checkpoint, seed=seed,
+                    method=method, task="e2e", size=size, data=data, checkpoint=checkpoint, seed=seed,
                     steps=budget.steps, batch_size=budget.batch_size, eval_size=budget.eval_size,
                     max_new_tokens=budget.max_new_tokens, progress=False,
                 )
@@ -94,6 +96,7 @@ def run_showdown(
         "command": command,
         "budget": dataclasses.asdict(budget) | {"description": budget.describe()},
         "size": size,
+        "data": data,
         "seeds": list(range(seeds)),
         "eval_note": records[0]["eval_note"],
         "wall_seconds": time.perf_counter() - start,
@@ -104,7 +107,8 @@ def run_showdown(
     }
     if out is not None:
         out = Path(out)
-        title = f"synthetic E2E, {size} model, {budget.name} budget ({budget.steps} steps)"
+        corpus = "synthetic" if data == "synth" else "real"
+        title = f"{corpus} E2E, {size} model, {budget.name} budget ({budget.steps} steps)"
         report.write_json(out / "showdown.json", result)
         report.plot_tradeoff(rows, out / "showdown.png", title=title)
         (out / "showdown.md").write_text(result["table"] + "\n")
@@ -117,6 +121,8 @@ def run_showdown(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help=f"quick budget ({BUDGETS['quick'].time_limit})")
     parser.add_argument("--size", default="small", help="shipped checkpoint: tiny, small or medium")
+    parser.add_argument("--data", choices=("synth", "e2e"), default="synth",
+                        help="synth: the shipped synthetic E2E (default); e2e: the real one ($TINYPFT_DATA)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per method (0, 1, ...); rows show means")
     parser.add_argument("--out", help="output folder (default runs/showdown or runs/showdown-quick)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (see tinypft.threads)")
@@ -127,8 +133,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     budget = BUDGETS["test" if args.test_budget else "quick" if args.quick else "default"]
-    out = Path(args.out or ("runs/showdown-quick" if args.quick else "runs/showdown"))
+    suffix = ("-quick" if args.quick else "") + ("-e2e" if args.data == "e2e" else "")
+    out = Path(args.out or f"runs/showdown{suffix}")
     command = ["tinypft", "showdown"] + (["--quick"] if args.quick else [])
+    command += ["--data", args.data] if args.data != "synth" else []
     command += ["--size", args.size, "--seeds", str(args.seeds), "--out", str(out)]
     command += ["--threads", str(args.threads)]
     command += (["--checkpoint", args.checkpoint] if args.checkpoint else [])
@@ -138,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         with num_threads(args.threads):
             result = run_showdown(
                 budget, size=args.size, seeds=args.seeds, out=out, checkpoint=args.checkpoint,
-                progress=not args.no_progress, command=shlex.join(command),
+                progress=not args.no_progress, command=shlex.join(command), data=args.data,
             )
     except (ValueError, FileNotFoundError) as err:
         print(f"tinypft showdown: {err}", file=sys.stderr)

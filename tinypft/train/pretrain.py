@@ -27,7 +27,7 @@ import os
 import random
 import shlex
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from ..model import GPT, GPTConfig
 from ..threads import num_threads
 from .batching import PackedWindows, pack_documents
 from .probes import name_copy_rate
-from .trainer import TrainConfig, mean_loss, train
+from .trainer import TrainConfig, TrainResult, mean_loss, train
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "tinypft-pretrained"
@@ -155,12 +155,14 @@ def pretrain(
     fused: bool = True,
     command: str | None = None,
     size: str | None = None,
+    trainer: Callable[..., TrainResult] = train,
 ) -> dict[str, Any]:
     """Train a GPT of shape ``config`` from scratch and write ``model.safetensors`` and
     ``manifest.json`` into ``out_dir``; returns the manifest.
 
     Cosine schedule with warmup (default 5% of the steps), AdamW (weight decay 0.1 on matrices),
     gradient clipping at 1. ``state_dir`` keeps resumable training checkpoints (``resume``).
+    ``trainer`` takes ``train``'s arguments and does the steps (``torch_train``: in PyTorch).
     """
     tokenizer = tokenizer or load_tokenizer()
     if config.vocab_size != tokenizer.vocab_size:
@@ -182,7 +184,7 @@ def pretrain(
     manual_seed(seed)
     model = GPT(config)
     with functional.use_fused(fused):
-        result = train(model, train_windows, train_config, eval_examples=dev, resume=resume)
+        result = trainer(model, train_windows, train_config, eval_examples=dev, resume=resume)
 
         # Ship the rounded weights, and report the held-out loss of exactly those.
         stored = {name: p.data.astype(dtype) for name, p in model.named_parameters()}  # type: ignore[arg-type]

@@ -1,0 +1,158 @@
+"""Train a tinypft model in PyTorch: the same loop as ``tinypft.train.train``, run on a float32 twin.
+
+``torch_train`` has ``train``'s signature. It builds the model's PyTorch twin (``bench.build_torch``:
+the same architecture, the same parameter names, the same trainable set), trains it exactly as
+``train`` would (the same batches in the same order, AdamW with decay on matrices only, the same
+warmup and decay, clipping at 1, next-token cross-entropy on target tokens), and copies the
+weights back into the tinypft model. Held-out evaluation copies the weights back and calls
+tinypft's own ``mean_loss``, so the numbers the two engines report are computed the same way.
+
+It exists to tell a bug from a method: if a recipe gives the same numbers whichever engine trains,
+tinypft's ops are not what limits it. PyTorch is imported only when this runs; tinypft never
+needs it otherwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..bench import build_torch
+from ..optim.schedules import lr_lambda
+from ..peft import (
+    BitFitConfig,
+    FullFinetuneConfig,
+    PeftModel,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    get_peft_model,
+)
+from ..train import TrainConfig, TrainResult
+from ..train.batching import Example, epoch_order, num_batches, pad_batch
+from ..train.trainer import lm_batch_loss, mean_loss, total_steps
+
+
+def twin_method(model: PeftModel) -> str:
+    """The twin's name for what ``model`` trains; only what ``build_torch`` mirrors is accepted."""
+    config = model.peft_config
+    if isinstance(config, PrefixTuningConfig):
+        if config.mode != "prefix" or not config.prefix_projection:
+            raise ValueError("torch_train: the PyTorch twin mirrors prefix mode with the MLP only "
+                             f"(got mode={config.mode!r}, prefix_projection={config.prefix_projection})")
+        return "prefix"
+    kinds = {FullFinetuneConfig: "full", BitFitConfig: "bitfit", PromptTuningConfig: "prompt"}
+    for kind, name in kinds.items():
+        if isinstance(config, kind):
+            return name
+    raise ValueError(f"torch_train: no PyTorch twin for {type(config).__name__}")
+
+
+def copy_back(twin: Any, model: Any) -> None:
+    """Write the twin's current weights into the tinypft model, name by name."""
+    state = twin.state_dict()
+    for name, p in model.named_parameters():
+        p.data[...] = state[name].detach().numpy().astype(p.data.dtype)
+
+
+def torch_train(
+    model: Any,
+    train_examples: Sequence[Example],
+    config: TrainConfig,
+    eval_examples: Sequence[Example] | None = None,
+    eval_fn: Any = None,
+    loss_fn: Any = None,
+    resume: bool = False,
+    callback: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """``tinypft.train.train`` with the steps taken in PyTorch; ``model`` (a GPT or a PeftModel)
+    holds the trained weights afterwards. Checkpoints, resuming, ``eval_fn`` and losses other than
+    the LM loss are not mirrored: asking for them is an error, not a silent difference."""
+    import torch
+    import torch.nn.functional as TF
+
+    if loss_fn not in (None, lm_batch_loss):
+        raise ValueError("torch_train: only the LM loss on target tokens is mirrored")
+    if eval_fn is not None or resume or config.checkpoint_dir is not None:
+        raise ValueError("torch_train: eval_fn, resume and checkpoint_dir are not mirrored")
+    if len(train_examples) == 0:
+        raise ValueError("train: no training examples")
+    peft = model if isinstance(model, PeftModel) else get_peft_model(model, FullFinetuneConfig())
+    twin = build_torch(peft, twin_method(peft))
+    n, total = len(train_examples), total_steps(len(train_examples), config)
+    per_epoch = num_batches(n, config.batch_size)
+
+    named = [(name, p) for name, p in twin.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
+                                  eps=config.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.schedule, config.warmup_steps, total))
+    torch.manual_seed(config.seed)
+    result = TrainResult(steps=0)
+    best: dict[str, Any] | None = None
+    bad_evals = 0
+
+    def evaluate() -> dict[str, float]:
+        copy_back(twin, peft)
+        loss = mean_loss(peft, eval_examples, config.eval_batch_size or config.batch_size, config.pad_id)
+        return {"step": result.steps, "loss": loss}
+
+    twin.train()
+    start = time.perf_counter()
+    bar = tqdm(total=total, disable=not config.progress, desc="train (torch)")
+    order, order_epoch = None, -1
+    try:
+        while result.steps < total and not result.stopped_early:
+            epoch, index = divmod(result.steps, per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(n, config.seed, epoch), epoch
+            chosen = order[index * config.batch_size : (index + 1) * config.batch_size]
+            batch = pad_batch([train_examples[j] for j in chosen], config.pad_id)
+            t0 = time.perf_counter()
+            ids = torch.from_numpy(np.asarray(batch.ids, dtype=np.int64))  # (B, T)
+            labels = torch.from_numpy(np.asarray(batch.labels, dtype=np.int64))  # (B, T)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.zero_grad(set_to_none=True)
+            logits = twin(ids)  # (B, T, V); right padding: causal attention keeps pads out of real tokens
+            loss = TF.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                    ignore_index=-100)
+            value = float(loss.detach())
+            if not np.isfinite(value):
+                raise FloatingPointError(f"train: loss {value} at step {result.steps + 1}")
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_([p for _, p in named], config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            result.train_seconds += time.perf_counter() - t0
+            result.steps += 1
+            result.tokens += batch.num_tokens
+            result.train_loss.append(value)
+            result.lr.append(lr)
+            bar.update(1)
+            last = result.steps == total
+            if eval_examples is not None and ((config.eval_every and result.steps % config.eval_every == 0)
+                                              or last):
+                metrics = evaluate()
+                result.evals.append(metrics)
+                if result.best is None or metrics["loss"] < result.best["loss"]:
+                    result.best, bad_evals = dict(metrics), 0
+                    best = {k: v.detach().clone() for k, v in twin.state_dict().items()}
+                else:
+                    bad_evals += 1
+                    if config.patience is not None and bad_evals >= config.patience:
+                        result.stopped_early = True
+            if callback is not None:
+                callback(result.steps, value)
+    finally:
+        bar.close()
+    if config.keep_best and best is not None:
+        twin.load_state_dict(best)
+    copy_back(twin, peft)
+    result.seconds = time.perf_counter() - start
+    return result
