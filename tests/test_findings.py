@@ -95,3 +95,19 @@ def test_quick_bitfit_end_to_end_and_a_second_call_reuses_the_cache(checkpoint, 
     assert (tmp_path / "cache.json").stat().st_mtime_ns == mtime
     again = json.loads((tmp_path / "results" / "findings.json").read_text())
     assert again["experiments"] == data["experiments"]
+
+
+def test_every_run_of_every_experiment_can_be_prepared(checkpoint, tmp_path: Path):
+    """Each row's settings make a valid run (a P that fits, an init that fits P, ...), so no
+    experiment is skipped for a configuration error after hours of other runs."""
+    from tinypft.experiments.finetune import prepare
+
+    ctx = Context(BUDGETS["quick"], (0,), "tiny", tmp_path / "cache.json", checkpoint=checkpoint,
+                  progress=False)
+    for experiment in findings.EXPERIMENTS.values():
+        if experiment.needs_real_data:
+            continue
+        for row in experiment.rows(ctx):
+            spec = row.specs[0]
+            run = prepare(spec.settings, ctx.tokenizer)
+            assert run.trainable_params > 0 or spec.settings.method == "frozen", (experiment.name, row.label)

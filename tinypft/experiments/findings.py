@@ -504,7 +504,8 @@ def prompt_length_rows(ctx: Context) -> list[Row]:
     rows = []
     for p in PROMPT_LENGTHS:
         if p <= room:
-            rows.append(ctx.row(f"P = {p}", "prompt", task="rating", prefix_length=p, init="class_labels"))
+            # sampled_vocab, not class_labels: three label words do not fit in P = 1
+            rows.append(ctx.row(f"P = {p}", "prompt", task="rating", prefix_length=p, init="sampled_vocab"))
     return rows
 
 
