@@ -644,6 +644,35 @@ def table(rows: Sequence[Row], summary: Summary, task: str) -> str:
     return "\n".join(lines)
 
 
+def one_class_accuracies(ctx: Context, split: str) -> dict[str, float]:
+    """The accuracy of answering one class for every scored ``rating`` example of ``split``."""
+    examples = evenly_spaced(rating_task(load_synth_e2e(split)).examples, ctx.budget.cls_eval_size)
+    labels = [label for _, label in examples]
+    return {label: labels.count(label) / len(labels) for label in sorted(set(labels))}
+
+
+def constant_answer_note(rows: Sequence[Row], summary: Summary, ctx: Context) -> list[str]:
+    """A sentence naming the rows whose every seed scores exactly what answering one class for every
+    example scores on dev and on test: they learned a constant, and verdicts between such rows say
+    nothing about the claim."""
+    dev, test = one_class_accuracies(ctx, "dev"), one_class_accuracies(ctx, "test")
+    constant = []
+    for row in rows:
+        s = summary[row.label]
+        same = [label for label in dev if all(abs(v - dev[label]) < 1e-9 for v in s["dev_accuracy"].values)
+                and all(abs(v - test[label]) < 1e-9 for v in s["test_accuracy"].values)]
+        if same:
+            constant.append(f"{row.label} (\"{same[0]}\")")
+    if not constant:
+        return []
+    shares = ", ".join(f"{label} {dev[label]:.3f} / {test[label]:.3f}" for label in dev)
+    every = ""
+    if len(constant) == len(rows):
+        every = " Every row does: the verdicts above compare constant answers and are no evidence either way."
+    return [f"**Constant answers**: {', '.join(constant)} answer one class for every example on every seed "
+            f"(answering one class scores, dev / test: {shares}).{every}"]
+
+
 def write_results(experiments: Sequence[Experiment], ctx: Context, out: Path, command: str,
                   skipped: Sequence[str], seconds: float) -> list[Path]:
     """``out/results.md`` and ``out/results/findings.json`` from every experiment the cache completes."""
@@ -664,6 +693,8 @@ def write_results(experiments: Sequence[Experiment], ctx: Context, out: Path, co
             sections.append(f"{head}\nNot run ({why}): `tinypft findings --only {exp.name}`.\n")
             continue
         verdicts = exp.verdict(summary, ctx, rows)
+        if exp.task != "e2e":
+            verdicts += constant_answer_note(rows, summary, ctx)
         for row in rows:
             for spec in row.specs:
                 used[spec.digest] = ctx.record(spec)["wall_seconds"]
