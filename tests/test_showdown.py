@@ -36,7 +36,8 @@ def test_quick_showdown_end_to_end(checkpoint, tmp_path: Path, capsys):
     printed = capsys.readouterr().out
     result = json.loads((out / "showdown.json").read_text())
     assert (out / "showdown.png").read_bytes()[:8] == PNG_MAGIC
-    assert (out / "showdown.md").read_text().strip() == result["table"]
+    page = (out / "showdown.md").read_text()
+    assert result["table"] in page and result["command"] in page and "(showdown.png)" in page
     assert result["table"] in printed and "wall time" in printed
     assert result["command"].startswith("tinypft showdown --quick") and "--test-budget" in result["command"]
     assert result["budget"]["steps"] == BUDGETS["test"].steps and result["budget"]["description"]

@@ -111,8 +111,21 @@ def run_showdown(
         title = f"{corpus} E2E, {size} model, {budget.name} budget ({budget.steps} steps)"
         report.write_json(out / "showdown.json", result)
         report.plot_tradeoff(rows, out / "showdown.png", title=title)
-        (out / "showdown.md").write_text(result["table"] + "\n")
+        (out / "showdown.md").write_text(page(result, title))
     return result
+
+
+LEGEND = ("trainable: parameters updated in training (prefix: its MLP too); % of base: of the pretrained "
+          "model's parameters; stored/task: adapter files one task needs (prefix: the baked prefix only)")
+
+
+def page(result: dict[str, Any], title: str) -> str:
+    """``showdown.md``: what ran (the command, the budget), the table, the plot, and the legend."""
+    note = f"\n\nNote: {result['eval_note']}." if result["eval_note"] else ""
+    return (f"# Showdown: {title}\n\n```bash\n{result['command']}\n```\n\n"
+            f"{result['budget']['description']}; seeds {', '.join(map(str, result['seeds']))}; "
+            f"{result['wall_seconds']:.0f} s of wall time.{note}\n\n{result['table']}\n\n{LEGEND}.\n\n"
+            f"![test metrics against trainable parameters](showdown.png)\n")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -154,8 +167,7 @@ def run(args: argparse.Namespace) -> int:
     print(result["table"])
     if result["eval_note"]:
         print(f"note: {result['eval_note']} (a fixed subset; the full sets take the default budget)")
-    print("trainable: parameters updated in training (prefix: its MLP too); % of base: of the pretrained "
-          "model's parameters; stored/task: adapter files one task needs (prefix: the baked prefix only)")
+    print(LEGEND)
     print(f"wall time {result['wall_seconds']:.0f} s; wrote {out / 'showdown.json'}, {out / 'showdown.md'} "
           f"and {out / 'showdown.png'}")
     return 0
