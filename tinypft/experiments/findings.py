@@ -731,7 +731,7 @@ def write_results(experiments: Sequence[Experiment], ctx: Context, out: Path, co
         "",
         PROMPT_TASK_NOTE,
         "",
-        "These are models of 0.1-5M parameters trained for a few hundred steps: a finding that does not "
+        "These are models of 0.1-5M parameters trained for at most a thousand steps: a finding that does not "
         "reproduce here says something about this scale and budget, not about the paper. "
         "[scale.md](scale.md) (`tinypft scale`) asks how far the same architecture gets on the real E2E data "
         "when it is pretrained on the E2E references, and whether PyTorch, training the same recipe, gets "
