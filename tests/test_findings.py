@@ -128,3 +128,19 @@ def test_rows_that_answer_one_class_are_named(tmp_path: Path):
             assert note and '("high")' in note[0] and "no evidence either way" in note[0]
         else:
             assert note == []  # dev matches a constant answer but test does not
+
+
+def test_the_low_data_verdict_needs_a_lead_before_it_can_narrow():
+    def summary(gap_by_size):
+        out = {}
+        for n, gap in gap_by_size.items():
+            out[f"prefix, {n} MRs"] = {"test_bleu": Stat(30.0 + gap, 0.5, [])}
+            out[f"full, {n} MRs"] = {"test_bleu": Stat(30.0, 0.5, [])}
+        return out
+
+    behind = findings.lowdata_verdict(summary({50: -5, 100: -8, 200: -18, 500: -24, "all": -25}), None)
+    assert behind[0].startswith("**Not reproduced**") and behind[-1].startswith("**Not reproduced**")
+    assert "none to narrow" in behind[-1]
+    ahead = findings.lowdata_verdict(summary({50: 4, 100: 3, 200: 3, 500: 2, "all": 1}), None)
+    assert ahead[0].startswith("**Reproduced**") and ahead[-1].startswith("**Reproduced**")
+    assert "none to narrow" not in ahead[-1]
