@@ -18,6 +18,7 @@ from tinypft.train.batching import (
     pack_documents,
     pad_batch,
     source_ids,
+    step_batch,
 )
 
 
@@ -85,3 +86,15 @@ def test_pack_documents_reads_an_endless_stream_only_as_far_as_needed():
     packed = pack_documents(endless, context_length=8, eos_id=0, max_windows=5)
     assert packed.windows.shape == (5, 8) and packed.num_tokens == 40
     assert packed.windows[0].tolist() == [1, 1, 1, 0, 2, 2, 2, 0]
+
+
+def test_step_batch_walks_the_epochs_in_order():
+    examples = [([i, i + 1], [-100, i + 1]) for i in range(10)]
+    expected = [b for epoch in range(3) for b in iterate_batches(examples, 4, pad_id=0, seed=5, epoch=epoch)]
+    got = [step_batch(examples, step, 4, seed=5, pad_id=0) for step in range(len(expected))]
+    assert len(expected) == 9  # 3 batches per epoch (4 + 4 + 2)
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    with pytest.raises(ValueError):  # the cached order is shared, so it cannot be changed
+        epoch_order(10, 5, 0)[0] = 3

@@ -32,8 +32,8 @@ from ..peft import (
     get_peft_model,
 )
 from ..train import TrainConfig, TrainResult
-from ..train.batching import Example, epoch_order, num_batches, pad_batch
-from ..train.trainer import lm_batch_loss, mean_loss, total_steps
+from ..train.batching import Example, step_batch
+from ..train.trainer import lm_batch_loss, mean_loss, record_eval, total_steps
 
 
 def twin_method(model: PeftModel) -> str:
@@ -82,8 +82,7 @@ def torch_train(
         raise ValueError("train: no training examples")
     peft = model if isinstance(model, PeftModel) else get_peft_model(model, FullFinetuneConfig())
     twin = build_torch(peft, twin_method(peft))
-    n, total = len(train_examples), total_steps(len(train_examples), config)
-    per_epoch = num_batches(n, config.batch_size)
+    total = total_steps(len(train_examples), config)
 
     named = [(name, p) for name, p in twin.named_parameters() if p.requires_grad]
     groups = [{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": config.weight_decay},
@@ -94,7 +93,8 @@ def torch_train(
         optimizer, lr_lambda(config.schedule, config.warmup_steps, total))
     torch.manual_seed(config.seed)
     result = TrainResult(steps=0)
-    best: dict[str, Any] | None = None
+    trainable = [(name, p) for name, p in peft.named_parameters() if p.requires_grad]
+    best_params: dict[str, np.ndarray] = {}  # tinypft's copies of the best evaluation's weights
     bad_evals = 0
 
     def evaluate() -> dict[str, float]:
@@ -105,14 +105,9 @@ def torch_train(
     twin.train()
     start = time.perf_counter()
     bar = tqdm(total=total, disable=not config.progress, desc="train (torch)")
-    order, order_epoch = None, -1
     try:
         while result.steps < total and not result.stopped_early:
-            epoch, index = divmod(result.steps, per_epoch)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_order(n, config.seed, epoch), epoch
-            chosen = order[index * config.batch_size : (index + 1) * config.batch_size]
-            batch = pad_batch([train_examples[j] for j in chosen], config.pad_id)
+            batch = step_batch(train_examples, result.steps, config.batch_size, config.seed, config.pad_id)
             t0 = time.perf_counter()
             ids = torch.from_numpy(np.asarray(batch.ids, dtype=np.int64))  # (B, T)
             labels = torch.from_numpy(np.asarray(batch.labels, dtype=np.int64))  # (B, T)
@@ -138,21 +133,14 @@ def torch_train(
             last = result.steps == total
             if eval_examples is not None and ((config.eval_every and result.steps % config.eval_every == 0)
                                               or last):
-                metrics = evaluate()
-                result.evals.append(metrics)
-                if result.best is None or metrics["loss"] < result.best["loss"]:
-                    result.best, bad_evals = dict(metrics), 0
-                    best = {k: v.detach().clone() for k, v in twin.state_dict().items()}
-                else:
-                    bad_evals += 1
-                    if config.patience is not None and bad_evals >= config.patience:
-                        result.stopped_early = True
+                bad_evals = record_eval(evaluate(), config, result, trainable, best_params, bad_evals)
             if callback is not None:
                 callback(result.steps, value)
     finally:
         bar.close()
-    if config.keep_best and best is not None:
-        twin.load_state_dict(best)
     copy_back(twin, peft)
+    if config.keep_best and best_params:
+        for name, p in trainable:
+            p.data[...] = best_params[name]
     result.seconds = time.perf_counter() - start
     return result

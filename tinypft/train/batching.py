@@ -19,6 +19,7 @@ counts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -102,9 +103,13 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray,
 # ----------------------------------------------------------------------------- order
 
 
+@functools.lru_cache(maxsize=4)
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The permutation of ``range(n)`` that epoch ``epoch`` follows (a function of its arguments only)."""
-    return np.random.default_rng((seed, epoch)).permutation(n)
+    """The permutation of ``range(n)`` that epoch ``epoch`` follows (a function of its arguments only;
+    cached, so it is read-only)."""
+    order = np.random.default_rng((seed, epoch)).permutation(n)
+    order.flags.writeable = False
+    return order
 
 
 def num_batches(n: int, batch_size: int) -> int:
@@ -116,6 +121,14 @@ def batch_indices(n: int, batch_size: int, seed: int, epoch: int, index: int) ->
     """Example indices of batch ``index`` of epoch ``epoch``."""
     order = epoch_order(n, seed, epoch)
     return order[index * batch_size : (index + 1) * batch_size]
+
+
+def step_batch(examples: Sequence[Example], step: int, batch_size: int, seed: int, pad_id: int) -> Batch:
+    """The padded batch of training step ``step`` (0-based): batch ``step % per_epoch`` of epoch
+    ``step // per_epoch``. Every trainer draws its batches here, so they all see the same ones."""
+    epoch, index = divmod(step, num_batches(len(examples), batch_size))
+    chosen = batch_indices(len(examples), batch_size, seed, epoch, index)
+    return pad_batch([examples[j] for j in chosen], pad_id)
 
 
 def iterate_batches(

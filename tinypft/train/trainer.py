@@ -34,7 +34,7 @@ from ..data.tokenizer import Tokenizer
 from ..engine import Tensor, get_rng, manual_seed, no_grad
 from ..io import read_json
 from ..optim import AdamW, Schedule, clip_grad_norm_
-from .batching import Batch, Example, epoch_order, eval_batches, num_batches, pad_batch
+from .batching import Batch, Example, eval_batches, num_batches, step_batch
 from .checkpoints import (
     LATEST,
     join_optimizer_state,
@@ -206,7 +206,6 @@ def train(
     loss_fn = loss_fn or lm_batch_loss
     has_eval = eval_examples is not None or eval_fn is not None
     n, total = len(train_examples), total_steps(len(train_examples), config)
-    per_epoch = num_batches(n, config.batch_size)
 
     optimizer, trainable = make_optimizer(model, config)
     schedule = Schedule(optimizer, config.schedule, config.warmup_steps, total)
@@ -247,14 +246,9 @@ def train(
     model.train()
     start_time = time.perf_counter() - result.seconds
     bar = tqdm(total=total, initial=result.steps, disable=not config.progress, desc="train")
-    order, order_epoch = None, -1
     try:
         while result.steps < total and not result.stopped_early:
-            epoch, index = divmod(result.steps, per_epoch)
-            if epoch != order_epoch:
-                order, order_epoch = epoch_order(n, config.seed, epoch), epoch
-            chosen = order[index * config.batch_size : (index + 1) * config.batch_size]
-            batch = pad_batch([train_examples[j] for j in chosen], config.pad_id)
+            batch = step_batch(train_examples, result.steps, config.batch_size, config.seed, config.pad_id)
 
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
@@ -270,7 +264,7 @@ def train(
 
             last = result.steps == total
             if has_eval and ((config.eval_every and result.steps % config.eval_every == 0) or last):
-                bad_evals = _record_eval(evaluate(), config, result, trainable, best_params, bad_evals)
+                bad_evals = record_eval(evaluate(), config, result, trainable, best_params, bad_evals)
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in result.evals[-1].items() if k != "step")
                 if config.progress:
                     bar.write(f"step {result.steps}: {shown}")
@@ -310,7 +304,7 @@ def _step(
     return value
 
 
-def _record_eval(
+def record_eval(
     metrics: dict[str, float], config: TrainConfig, result: TrainResult,
     trainable: list[tuple[str, Tensor]], best_params: dict[str, np.ndarray], bad_evals: int,
 ) -> int:
