@@ -4,13 +4,11 @@ refuse what it does not mirror. Skipped without PyTorch."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tinypft.cli import main
 from tinypft.data import load_tokenizer
 from tinypft.experiments.finetune import FinetuneSettings, fit, prepare
 from tinypft.model import GPTConfig
@@ -67,26 +65,3 @@ def test_what_the_twin_does_not_mirror_is_refused(tmp_path: Path):
         torch_train(run.model, run.data.train, config)
     with pytest.raises(ValueError, match="only the LM loss"):
         torch_train(run.model, run.data.train, TrainConfig(max_steps=2), loss_fn=lambda m, b: None)
-
-
-@pytest.mark.skipif(not os.environ.get("TINYPFT_DATA"), reason="TINYPFT_DATA is not set")
-def test_scale_quick_runs_both_engines_and_they_agree(tmp_path: Path, capsys: pytest.CaptureFixture):
-    code = main(["scale", "--quick", "--size", "tiny", "--engine", "both", "--no-progress",
-                 "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
-    assert code == 0
-    md = (tmp_path / "out" / "scale.md").read_text()
-    assert "## Little data" in md and "| 500 |" in md
-    import json
-
-    data = json.loads((tmp_path / "out" / "results" / "scale.json").read_text())
-    ours, twin = (data["results"][e]["runs"] for e in ("tinypft", "torch"))
-    assert len(ours) == len(twin) == 14
-    for label in ours:
-        assert ours[label]["dev"]["bleu"] == pytest.approx(twin[label]["dev"]["bleu"], abs=0.05), label
-    assert "largest dev BLEU difference" in capsys.readouterr().out
-
-
-def test_scale_without_the_real_data_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    monkeypatch.delenv("TINYPFT_DATA", raising=False)
-    assert main(["scale", "--quick"]) == 2
-    assert "TINYPFT_DATA" in capsys.readouterr().err

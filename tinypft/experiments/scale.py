@@ -19,7 +19,8 @@ references of each MR, on the whole dev set (547 MRs) and, for the all-data runs
 ``--engine torch`` trains in PyTorch through ``torch_train``, the same loop on a float32 twin of
 the model; ``--engine tinypft`` uses tinypft's own trainer. Only the engine differs, so if both
 give the same numbers the ceiling is the recipe and the model's size, not a bug in tinypft.
-Finished runs are kept in ``runs/scale/<engine>/runs.json``, so an interrupted call resumes.
+Finished runs are kept in ``runs/scale/<engine>/runs.json`` with their settings, so an interrupted
+call resumes and a run whose settings changed is made again.
 """
 
 from __future__ import annotations
@@ -93,14 +94,22 @@ def pretrained(engine: str, size: str, folder: Path, quick: bool, progress: bool
                     size=size, trainer=trainer_for(engine))
 
 
-def finetune(run: ScaleRun, engine: str, size: str, checkpoint: Path, quick: bool, progress: bool
-             ) -> dict[str, Any]:
-    """Train and score one run; the record has no samples and no environment."""
-    settings = FinetuneSettings(
+def run_settings(run: ScaleRun, size: str, checkpoint: Path, quick: bool, progress: bool) -> FinetuneSettings:
+    return FinetuneSettings(
         method=run.method, size=size, data="e2e", checkpoint=str(checkpoint), train_size=run.train_size,
         steps=run.steps, eval_size=QUICK["eval_size"] if quick else None,
         max_new_tokens=QUICK["max_new_tokens"] if quick else 64, progress=progress,
     )
+
+
+def same_settings(record: dict[str, Any], settings: FinetuneSettings) -> bool:
+    """Was ``record`` made with ``settings`` (progress bars aside)?"""
+    made = dict(record["hyperparameters"]["settings"], progress=None)
+    return made == dict(dataclasses.asdict(settings), progress=None)
+
+
+def finetune(settings: FinetuneSettings, run: ScaleRun, engine: str) -> dict[str, Any]:
+    """Train and score one run; the record has no samples and no environment."""
     r = fit(prepare(settings), trainer=trainer_for(engine))
     for split in ("dev", "test") if run.test else ("dev",):
         evaluate(r, split)
@@ -119,9 +128,10 @@ def run_engine(engine: str, size: str, root: Path, quick: bool, progress: bool) 
     cache_path = folder / "runs.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     for run in plan(quick):
-        if run.label not in cache:
+        settings = run_settings(run, size, folder / "pretrain", quick, progress)
+        if run.label not in cache or not same_settings(cache[run.label], settings):  # new or changed
             print(f"[{engine}] {run.label}: {run.steps} steps", flush=True)
-            cache[run.label] = finetune(run, engine, size, folder / "pretrain", quick, progress)
+            cache[run.label] = finetune(settings, run, engine)
             write_json(cache_path, cache)
     pre = {k: manifest[k] for k in ("num_parameters", "steps", "best_step", "dev_loss", "seconds", "command")}
     return {"pretrain": pre | {"copy_rate": copy_rate(folder / "pretrain", size, quick)}, "runs": cache}

@@ -1,0 +1,44 @@
+"""``tinypft scale``: a quick run with both engines agrees, a changed run is made again, and the
+command says what it needs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tinypft.cli import main
+from tinypft.experiments import scale
+
+
+@pytest.mark.skipif(not os.environ.get("TINYPFT_DATA"), reason="TINYPFT_DATA is not set")
+def test_scale_quick_runs_both_engines_and_they_agree(tmp_path: Path, capsys: pytest.CaptureFixture):
+    pytest.importorskip("torch")
+    code = main(["scale", "--quick", "--size", "tiny", "--engine", "both", "--no-progress",
+                 "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")])
+    assert code == 0
+    md = (tmp_path / "out" / "scale.md").read_text()
+    assert "## Little data" in md and "| 500 |" in md
+    data = json.loads((tmp_path / "out" / "results" / "scale.json").read_text())
+    ours, twin = (data["results"][e]["runs"] for e in ("tinypft", "torch"))
+    assert len(ours) == len(twin) == 14
+    for label in ours:
+        assert ours[label]["dev"]["bleu"] == pytest.approx(twin[label]["dev"]["bleu"], abs=0.05), label
+    assert "largest dev BLEU difference" in capsys.readouterr().out
+
+
+def test_scale_without_the_real_data_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    monkeypatch.delenv("TINYPFT_DATA", raising=False)
+    assert main(["scale", "--quick"]) == 2
+    assert "TINYPFT_DATA" in capsys.readouterr().err
+
+
+def test_scale_reruns_a_run_whose_settings_changed():
+    run = scale.plan(quick=True)[0]
+    settings = scale.run_settings(run, "tiny", Path("ckpt"), quick=True, progress=False)
+    record = {"hyperparameters": {"settings": dataclasses.asdict(settings)}}
+    assert scale.same_settings(record, dataclasses.replace(settings, progress=True))  # bars do not count
+    assert not scale.same_settings(record, dataclasses.replace(settings, steps=settings.steps + 1))
