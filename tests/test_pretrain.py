@@ -118,23 +118,23 @@ def test_pretrain_command_needs_a_size(capsys: pytest.CaptureFixture):
     assert "--size is required" in capsys.readouterr().err
 
 
-def test_reference_pairs_put_two_references_of_one_mr_in_a_document(tmp_path: Path):
+def test_reference_groups_put_every_reference_of_one_mr_in_one_document(tmp_path: Path):
     import random
 
-    from tinypft.train.pretrain import corpus_windows, reference_pairs
+    from tinypft.train.pretrain import corpus_windows, reference_groups
 
     examples = load_synth_e2e("train")[:50]
-    docs = reference_pairs(examples, random.Random(0))
-    refs = [ref for ex in examples for ref in ex.refs]
-    assert len(docs) == sum(-(-len(ex.refs) // 2) for ex in examples)
-    assert sorted(" ".join(docs).split()) == sorted(" ".join(refs).split())  # every reference, once
-    by_ref = {ref: ex for ex in examples for ref in ex.refs}
-    for doc in docs:  # each document is one reference or two of the same MR
-        owners = [ex for ref, ex in by_ref.items() if doc.startswith(ref)]
-        assert owners and any(doc == ref or any(doc == f"{ref} {other}" for other in ex.refs)
-                              for ex in owners for ref in ex.refs)
+    docs = reference_groups(examples, random.Random(0))
+    assert len(docs) == len(examples)
+    for ex in examples:  # the one document that starts with one of its references holds them all
+        mine = [doc for doc in docs if any(doc.startswith(ref) for ref in ex.refs)]
+        assert len(mine) == 1
+        assert all(ref in mine[0] for ref in ex.refs)
+        assert len(mine[0]) == sum(len(ref) for ref in ex.refs) + len(ex.refs) - 1  # nothing else
+    assert docs != reference_groups(examples, random.Random(1))  # the seed orders them
     write_e2e_csv(tmp_path / "e2e" / "trainset.csv", examples)
     write_e2e_csv(tmp_path / "e2e" / "devset.csv", load_synth_e2e("dev")[:10])
-    train, dev, info = corpus_windows("e2e-pairs", load_tokenizer(), CONTEXT, None, 4, data_dir=str(tmp_path))
-    assert info["source"] == "e2e-pairs" and info["train_docs"] == len(docs)
+    tokenizer = load_tokenizer()
+    train, dev, info = corpus_windows("e2e-grouped", tokenizer, CONTEXT, None, 4, data_dir=str(tmp_path))
+    assert info["source"] == "e2e-grouped" and info["train_docs"] == len(docs)
     assert len(train) > 0 and len(dev) > 0

@@ -24,7 +24,7 @@ def test_scale_quick_runs_both_engines_and_they_agree(tmp_path: Path, capsys: py
     assert "## Little data" in md and "| 500 |" in md
     data = json.loads((tmp_path / "out" / "results" / "scale.json").read_text())
     ours, twin = (data["results"][e]["runs"] for e in ("tinypft", "torch"))
-    assert len(ours) == len(twin) == 14
+    assert len(ours) == len(twin) == 14  # one seed when quick
     for label in ours:
         assert ours[label]["dev"]["bleu"] == pytest.approx(twin[label]["dev"]["bleu"], abs=0.05), label
     assert "largest dev BLEU difference" in capsys.readouterr().out
@@ -39,6 +39,16 @@ def test_scale_without_the_real_data_says_so(monkeypatch: pytest.MonkeyPatch, ca
 def test_scale_reruns_a_run_whose_settings_changed():
     run = scale.plan(quick=True)[0]
     settings = scale.run_settings(run, "tiny", Path("ckpt"), quick=True, progress=False)
-    record = {"hyperparameters": {"settings": dataclasses.asdict(settings)}}
-    assert scale.same_settings(record, dataclasses.replace(settings, progress=True))  # bars do not count
-    assert not scale.same_settings(record, dataclasses.replace(settings, steps=settings.steps + 1))
+    record = {"hyperparameters": {"settings": dataclasses.asdict(settings)},
+              "checkpoint": {"weights_sha256": "abc"}}
+    assert scale.same_settings(record, dataclasses.replace(settings, progress=True), "abc")  # bars: no
+    assert not scale.same_settings(record, dataclasses.replace(settings, steps=settings.steps + 1), "abc")
+    assert not scale.same_settings(record, settings, "def")  # pretrained again: other weights
+
+
+def test_scale_plan_runs_three_seeds_of_each_low_data_size():
+    labels = [run.label for run in scale.plan(quick=False)]
+    assert len(labels) == len(set(labels)) == 2 + 4 * 3 * 3
+    seeds = {run.seed for run in scale.plan(quick=False) if run.train_size == 50 and run.method == "prefix"}
+    assert seeds == {0, 1, 2}
+    assert {run.seed for run in scale.plan(quick=True)} == {0}

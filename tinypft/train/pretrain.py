@@ -12,6 +12,10 @@ The language model learns to continue text packed into windows of ``context_leng
 * ``e2e``: the references of the real E2E training set (text only, no MRs) from ``$TINYPFT_DATA``,
   with the E2E dev references as held-out text. That corpus is small, so training stops when the
   held-out loss stops improving and the best weights are kept.
+* ``e2e-grouped``: the same references, but every reference of one MR in one document
+  (``reference_groups``). A later description of a venue can then copy the earlier ones' name
+  and values, which the model must learn to do from the MR when it is fine-tuned: one reference
+  per document rarely asks for it (1.6% of them name their venue twice).
 
 A checkpoint folder holds ``model.safetensors`` (float16 by default: half the bytes, and the
 rounding costs a negligible amount of loss, which the manifest records) and ``manifest.json``:
@@ -127,27 +131,27 @@ def corpus_windows(
         source = {
             "source": "e2e", "train_refs": len(train_refs), "dev_refs": len(dev_refs), "shuffle_seed": seed,
         }
-    elif data == "e2e-pairs":
-        train_docs = reference_pairs(load_e2e("train", data_dir), random.Random(seed))
-        dev_docs = reference_pairs(load_e2e("dev", data_dir), random.Random(seed + 1))
+    elif data == "e2e-grouped":
+        train_docs = reference_groups(load_e2e("train", data_dir), random.Random(seed))
+        dev_docs = reference_groups(load_e2e("dev", data_dir), random.Random(seed + 1))
         train = pack_documents(_tokenized(tokenizer, train_docs), context_length, eos, n_train)
         dev = pack_documents(_tokenized(tokenizer, dev_docs), context_length, eos, n_dev)
-        source = {"source": "e2e-pairs", "train_docs": len(train_docs), "dev_docs": len(dev_docs),
+        source = {"source": "e2e-grouped", "train_docs": len(train_docs), "dev_docs": len(dev_docs),
                   "shuffle_seed": seed}
     else:
-        raise ValueError(f"unknown pretraining data {data!r}; choose synth, e2e or e2e-pairs")
+        raise ValueError(f"unknown pretraining data {data!r}; choose synth, e2e or e2e-grouped")
     return train, dev, {**source, "train_tokens": train.num_tokens, "dev_tokens": dev.num_tokens}
 
 
-def reference_pairs(examples: Sequence[E2EExample], rng: random.Random) -> list[str]:
-    """Documents of two references of the same MR (an odd one out stays alone), shuffled: the second
-    description can copy the first's name and values, which references one per document rarely ask
-    for (1.6% of E2E training references name their venue twice)."""
+def reference_groups(examples: Sequence[E2EExample], rng: random.Random) -> list[str]:
+    """One document per MR: its references in a shuffled order, joined by spaces; the documents
+    are shuffled too. Every description after the first can copy the name and values of the ones
+    before it, as a fine-tuned model must copy them from its MR."""
     documents = []
     for example in examples:
         refs = list(example.refs)
         rng.shuffle(refs)
-        documents += [" ".join(refs[i : i + 2]) for i in range(0, len(refs), 2)]
+        documents.append(" ".join(refs))
     rng.shuffle(documents)
     return documents
 
@@ -304,8 +308,8 @@ def load_pretrained(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=list(SIZES), help="model shape (required)")
-    parser.add_argument("--data", choices=("synth", "e2e", "e2e-pairs"), default="synth",
-                        help="pretraining corpus (e2e-pairs: two references of one MR per document)")
+    parser.add_argument("--data", choices=("synth", "e2e", "e2e-grouped"), default="synth",
+                        help="pretraining corpus (e2e-grouped: every reference of an MR in one document)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default per size)")
     parser.add_argument("--out", help="output folder (default data/checkpoints/<size>)")
     parser.add_argument("--seed", type=int, default=0)
