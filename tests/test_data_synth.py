@@ -80,6 +80,25 @@ def test_format_mr_round_trips_and_validates():
             format_mr(bad)
 
 
+def test_table_source_writes_every_value_as_a_sentence_tokenizes_it():
+    from tinypft.data import E2EExample, load_tokenizer, with_source
+
+    slots = {"name": "Loch Fyne", "area": "city centre", "near": "The Rice Boat"}
+    ex = E2EExample(mr=format_mr(slots), slots=slots, refs=("Loch Fyne is in the city centre.",))
+    (table,) = with_source([ex], "table")
+    assert table.mr == "name : Loch Fyne | area : city centre | near : The Rice Boat"
+    assert table.slots == slots and table.refs == ex.refs
+    assert with_source([ex], "mr") == [ex]
+    tok = load_tokenizer()
+    in_sentence = tok.encode(" city centre")  # a value's tokens inside a description
+    assert tok.encode(table.mr)[: -1] != tok.encode(ex.mr)[: -1]
+    ids = tok.encode(table.mr)
+    assert any(ids[i : i + len(in_sentence)] == in_sentence for i in range(len(ids)))
+    assert not any(tok.encode(ex.mr)[i : i + len(in_sentence)] == in_sentence for i in range(len(ids)))
+    with pytest.raises(ValueError, match="source format"):
+        with_source([ex], "json")
+
+
 def test_real_slot_inventory_sizes_and_made_up_names_are_separate():
     sizes = {slot: len(values) for slot, values in E2E_SLOTS.items()}
     assert sizes == {"name": 34, "eatType": 3, "food": 7, "priceRange": 6, "customer rating": 6,

@@ -14,7 +14,7 @@ import pytest
 from tinypft.cli import main
 from tinypft.data import load_tokenizer
 from tinypft.experiments import FinetuneSettings, run_finetune, sweep_lr
-from tinypft.experiments.finetune import classify, fit, label_token_ids, prepare
+from tinypft.experiments.finetune import classify, finetune_command, fit, label_token_ids, prepare
 from tinypft.model import GPTConfig
 from tinypft.peft import load_adapter
 from tinypft.train.pretrain import load_pretrained, pretrain
@@ -88,6 +88,17 @@ def test_peft_methods_leave_the_frozen_weights_bit_identical(checkpoint, method,
         assert changed and all(name.endswith(".bias") for name in changed)
     else:
         assert changed == []
+
+
+def test_the_table_source_reaches_the_model_and_the_command_line(checkpoint):
+    run = prepare(tiny(checkpoint, "full", source="table"))
+    source_ids = run.data.train[0][0]
+    text = run.tokenizer.decode(source_ids)
+    assert " : " in text and " | " in text and "[" not in text
+    assert "--source table" in finetune_command(run.settings)
+    assert "--source" not in finetune_command(tiny(checkpoint, "full"))
+    with pytest.raises(ValueError, match="e2e task"):
+        tiny(checkpoint, "full", task="rating", source="table")
 
 
 def test_the_same_seed_repeats_exactly_and_another_seed_differs(checkpoint):

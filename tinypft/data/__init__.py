@@ -32,7 +32,9 @@ from .mr import (
     canonical_order,
     flatten_pairs,
     format_mr,
+    linearize_table,
     parse_mr,
+    with_source,
 )
 from .pretrain import PRETRAIN_DEV_SEED, PRETRAIN_SEED, pretraining_documents
 from .realise import realise
@@ -86,6 +88,7 @@ __all__ = [
     "find_slot_values",
     "flatten_pairs",
     "format_mr",
+    "linearize_table",
     "generate_splits",
     "linearize_triples",
     "load_e2e",
@@ -95,6 +98,7 @@ __all__ = [
     "low_data_subsets",
     "mr_match_task",
     "parse_mr",
+    "with_source",
     "pretraining_documents",
     "rating_mentions",
     "rating_task",

@@ -12,7 +12,7 @@ restaurant names and landmarks, kept in separate lists so that the real inventor
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # The 8 E2E slots in the order the E2E data writes them, each with its real values
 # (sorted as in the E2E training set). The ``name`` slot is always present in an MR.
@@ -131,6 +131,28 @@ def format_mr(slots: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
             raise ValueError(f"invalid value {value!r} for slot {slot!r}")
         parts.append(f"{slot}[{value}]")
     return ", ".join(parts)
+
+
+def linearize_table(slots: Mapping[str, str]) -> str:
+    """The MR as the Prefix-Tuning paper feeds it to GPT-2: ``slot : value | slot : value``.
+
+    ``name[The Vaults], area[city centre]`` -> ``name : The Vaults | area : city centre``. With a
+    space before every value, a value is tokenized as it is inside a sentence (`` city``, not
+    ``city`` after ``[``), so a model can copy it token for token into its description.
+    """
+    if not slots:
+        raise ValueError("linearize_table needs at least one slot")
+    return " | ".join(f"{slot} : {value}" for slot, value in slots.items())
+
+
+def with_source(examples: Iterable[E2EExample], source: str) -> list[E2EExample]:
+    """The examples with ``mr`` written as ``source`` says: ``mr`` (as in the data file, kept) or
+    ``table`` (:func:`linearize_table`). The slots and references are unchanged."""
+    if source == "mr":
+        return list(examples)
+    if source == "table":
+        return [replace(ex, mr=linearize_table(ex.slots)) for ex in examples]
+    raise ValueError(f"unknown source format {source!r}; choose mr or table")
 
 
 def _balanced(value: str) -> bool:

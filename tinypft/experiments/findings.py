@@ -79,6 +79,8 @@ class RunSpec:
     def key(self) -> str:
         """What the result depends on, as canonical JSON (progress bars do not count)."""
         values = dataclasses.asdict(self.settings) | {"progress": None}
+        if values["source"] == "mr":  # the MR as in the file, as every run made before --source existed
+            del values["source"]
         return json.dumps({"settings": values, "components": self.components, "extrap": self.extrap},
                           sort_keys=True)
 

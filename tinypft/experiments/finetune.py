@@ -49,6 +49,7 @@ from ..data import (
     low_data_subsets,
     mr_match_task,
     rating_task,
+    with_source,
 )
 from ..engine import Tensor, functional, manual_seed, no_grad
 from ..peft import PeftModel, get_peft_model, infix_batch_loss
@@ -61,6 +62,7 @@ from . import report
 from .methods import METHODS, get_method, peft_config
 
 TASKS: tuple[str, ...] = ("e2e", "rating", "match")
+SOURCES: tuple[str, ...] = ("mr", "table")  # how an E2E source is written (see data.linearize_table)
 QUICK_STEPS, QUICK_EVAL = 20, 20  # TINYPFT_QUICK=1: just check that everything runs
 
 
@@ -72,6 +74,7 @@ class FinetuneSettings:
     task: str = "e2e"
     size: str = "small"
     data: str = "synth"  # synth (shipped) or e2e (real, from $TINYPFT_DATA)
+    source: str = "mr"  # e2e task: the MR as in the file, or "table" (slot : value | ...)
     checkpoint: str | None = None  # checkpoint folder; default data/checkpoints/<size>
     train_size: int | None = None  # MRs (e2e) or examples (classification); None: all
     seed: int = 0
@@ -97,6 +100,10 @@ class FinetuneSettings:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.data not in ("synth", "e2e"):
             raise ValueError(f"data must be 'synth' or 'e2e', got {self.data!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
+        if self.source != "mr" and self.task != "e2e":
+            raise ValueError("--source is an option of the e2e task")
         if self.method != "prefix" and (self.mode != "prefix" or not self.mlp or self.prefix_hidden):
             raise ValueError("--mode, --no-mlp and --prefix-hidden are options of the prefix method")
         if self.method not in ("prefix", "prompt") and self.prefix_length:
@@ -141,7 +148,9 @@ def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int)
     """Training, dev and test data of ``settings.task``; training examples over ``max_length``
     tokens are dropped (and counted). The training subset depends on the seed, dev/test do not."""
     load = load_synth_e2e if settings.data == "synth" else load_e2e
-    splits: dict[str, list[E2EExample]] = {s: load(s) for s in ("train", "dev", "test")}
+    splits: dict[str, list[E2EExample]] = {
+        split: with_source(load(split), settings.source) for split in ("train", "dev", "test")
+    }
     labels: tuple[str, ...] = ()
     if settings.task == "e2e":
         train_items: Sequence[Any] = splits["train"]
@@ -464,6 +473,7 @@ def finetune_command(s: FinetuneSettings) -> str:
     """The ``tinypft finetune`` command line that repeats a run with these settings."""
     args = ["tinypft", "finetune", "--method", s.method, "--task", s.task, "--size", s.size, "--data", s.data,
             "--seed", str(s.seed), "--batch-size", str(s.batch_size)]
+    args += ["--source", s.source] if s.source != "mr" else []
     args += ["--max-new-tokens", str(s.max_new_tokens)] if s.task == "e2e" else []
     args += ["--steps", str(s.steps)] if s.steps else ["--epochs", str(s.epochs)]
     optional = {
@@ -487,6 +497,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", help="checkpoint folder (default data/checkpoints/<size>)")
     parser.add_argument("--data", choices=("synth", "e2e"), default="synth",
                         help="shipped synthetic data, or the real E2E from $TINYPFT_DATA")
+    parser.add_argument("--source", choices=SOURCES, default="mr",
+                        help="e2e: the MR as in the data file, or as a table 'slot : value | ...'")
     parser.add_argument("--train-size", type=int, help="training MRs (e2e) or examples; default all")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="optimizer steps (wins over --epochs)")
@@ -511,7 +523,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
     settings = FinetuneSettings(
-        method=args.method, task=args.task, size=args.size, data=args.data, checkpoint=args.checkpoint,
+        method=args.method, task=args.task, size=args.size, data=args.data, source=args.source,
+        checkpoint=args.checkpoint,
         train_size=args.train_size, seed=args.seed, steps=args.steps, epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, prefix_length=args.prefix_length, prefix_hidden=args.prefix_hidden,
         mlp=not args.no_mlp, mode=args.mode, init=args.init, init_text=args.init_text,
