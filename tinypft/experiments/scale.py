@@ -8,7 +8,7 @@ The recipe (needs $TINYPFT_DATA with ``e2e/``):
 
 1. pretrain a GPT of tinypft's architecture (``small``: 1,071,872 parameters) on the real E2E
    training references, every reference of an MR in one document, as
-   ``tinypft pretrain --data e2e-grouped --steps 1500`` does;
+   ``tinypft pretrain --data e2e-grouped --steps 4000`` does;
 2. fine-tune it on all 42,059 (MR, reference) pairs with full fine-tuning and with prefix-tuning;
 3. fine-tune it on 50, 100, 200 and 500 MRs (all their references; seeds 0, 1 and 2 draw three
    subsets of each size) with full fine-tuning, prefix-tuning and BitFit.
@@ -47,7 +47,7 @@ from .finetune import FinetuneSettings, evaluate, fit, prepare, summarize
 from .report import write_json
 
 ENGINES = ("torch", "tinypft")
-PRETRAIN = {"data": "e2e-grouped", "steps": 1500, "batch_size": 16, "lr": 1e-3}
+PRETRAIN = {"data": "e2e-grouped", "steps": 4000, "batch_size": 16, "lr": 1e-3}
 ALL_DATA_STEPS = 3000  # batch 8: 24,000 pairs, 0.57 of an epoch
 LOW_DATA_STEPS = 500  # batch 8: 4,000 pairs (about 10 epochs of 50 MRs, 1 of 500)
 LOW_DATA_SIZES = (50, 100, 200, 500)
