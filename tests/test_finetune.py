@@ -101,6 +101,18 @@ def test_the_table_source_reaches_the_model_and_the_command_line(checkpoint):
         tiny(checkpoint, "full", task="rating", source="table")
 
 
+def test_train_size_counts_mrs_or_pairs(checkpoint):
+    by_mr = prepare(tiny(checkpoint, "full", train_size=5))
+    by_pair = prepare(tiny(checkpoint, "full", train_size=5, train_unit="pair"))
+    assert by_mr.data.train_units == by_pair.data.train_units == 5
+    assert len(by_pair.data.train) == 5 < len(by_mr.data.train)  # 5 MRs have several references each
+    sources = {tuple(ids[: ids.index(by_pair.tokenizer.sep_id) + 1]) for ids, _ in by_pair.data.train}
+    assert len(sources) > 1  # pairs drawn from the whole set, not the references of one MR
+    assert "--train-unit pair" in finetune_command(by_pair.settings)
+    with pytest.raises(ValueError, match="e2e task"):
+        tiny(checkpoint, "full", task="rating", train_unit="pair")
+
+
 def test_the_same_seed_repeats_exactly_and_another_seed_differs(checkpoint):
     settings = tiny(checkpoint, "prefix", train_size=20, steps=4, seed=3)
     runs = [fit(prepare(settings)) for _ in range(2)]

@@ -79,8 +79,9 @@ class RunSpec:
     def key(self) -> str:
         """What the result depends on, as canonical JSON (progress bars do not count)."""
         values = dataclasses.asdict(self.settings) | {"progress": None}
-        if values["source"] == "mr":  # the MR as in the file, as every run made before --source existed
-            del values["source"]
+        for name, before in (("source", "mr"), ("train_unit", "mr")):  # options added later: their
+            if values[name] == before:  # defaults are what every run made before them did
+                del values[name]
         return json.dumps({"settings": values, "components": self.components, "extrap": self.extrap},
                           sort_keys=True)
 

@@ -76,7 +76,8 @@ class FinetuneSettings:
     data: str = "synth"  # synth (shipped) or e2e (real, from $TINYPFT_DATA)
     source: str = "mr"  # e2e task: the MR as in the file, or "table" (slot : value | ...)
     checkpoint: str | None = None  # checkpoint folder; default data/checkpoints/<size>
-    train_size: int | None = None  # MRs (e2e) or examples (classification); None: all
+    train_size: int | None = None  # units (see train_unit) or classification examples; None: all
+    train_unit: str = "mr"  # e2e: train_size counts MRs (all their references) or (MR, reference) pairs
     seed: int = 0
     steps: int | None = None  # wins over epochs
     epochs: int = 1
@@ -104,6 +105,10 @@ class FinetuneSettings:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.source != "mr" and self.task != "e2e":
             raise ValueError("--source is an option of the e2e task")
+        if self.train_unit not in ("mr", "pair"):
+            raise ValueError(f"train_unit must be 'mr' or 'pair', got {self.train_unit!r}")
+        if self.train_unit != "mr" and self.task != "e2e":
+            raise ValueError("--train-unit is an option of the e2e task")
         if self.method != "prefix" and (self.mode != "prefix" or not self.mlp or self.prefix_hidden):
             raise ValueError("--mode, --no-mlp and --prefix-hidden are options of the prefix method")
         if self.method not in ("prefix", "prompt") and self.prefix_length:
@@ -161,10 +166,13 @@ def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int)
         labels = tasks["train"].labels
         train_items = list(tasks["train"].examples)
         dev, test = list(tasks["dev"].examples), list(tasks["test"].examples)
+    by_pair = settings.task == "e2e" and settings.train_unit == "pair"
+    if by_pair:  # a unit is one (MR, reference) pair, as a row of the E2E CSV
+        train_items = flatten_pairs(train_items)
     if settings.train_size is not None:
         size, seed = settings.train_size, settings.seed
         train_items = low_data_subsets(train_items, sizes=(size,), seeds=(seed,))[(size, seed)]
-    pairs = flatten_pairs(train_items) if settings.task == "e2e" else list(train_items)
+    pairs = flatten_pairs(train_items) if settings.task == "e2e" and not by_pair else list(train_items)
     if settings.probe:  # the class index at the last source token; see probe_loss
         encoded = [probe_example(tokenizer, source, labels.index(label)) for source, label in pairs]
         encoded = [ex for ex in encoded if len(ex[0]) <= max_length]
@@ -474,6 +482,7 @@ def finetune_command(s: FinetuneSettings) -> str:
     args = ["tinypft", "finetune", "--method", s.method, "--task", s.task, "--size", s.size, "--data", s.data,
             "--seed", str(s.seed), "--batch-size", str(s.batch_size)]
     args += ["--source", s.source] if s.source != "mr" else []
+    args += ["--train-unit", s.train_unit] if s.train_unit != "mr" else []
     args += ["--max-new-tokens", str(s.max_new_tokens)] if s.task == "e2e" else []
     args += ["--steps", str(s.steps)] if s.steps else ["--epochs", str(s.epochs)]
     optional = {
@@ -500,6 +509,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", choices=SOURCES, default="mr",
                         help="e2e: the MR as in the data file, or as a table 'slot : value | ...'")
     parser.add_argument("--train-size", type=int, help="training MRs (e2e) or examples; default all")
+    parser.add_argument("--train-unit", choices=("mr", "pair"), default="mr",
+                        help="e2e: --train-size counts MRs (with all their references) or pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="optimizer steps (wins over --epochs)")
     parser.add_argument("--epochs", type=int, default=1)
@@ -525,7 +536,8 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
     settings = FinetuneSettings(
         method=args.method, task=args.task, size=args.size, data=args.data, source=args.source,
         checkpoint=args.checkpoint,
-        train_size=args.train_size, seed=args.seed, steps=args.steps, epochs=args.epochs, lr=args.lr,
+        train_size=args.train_size, train_unit=args.train_unit, seed=args.seed, steps=args.steps,
+        epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, prefix_length=args.prefix_length, prefix_hidden=args.prefix_hidden,
         mlp=not args.no_mlp, mode=args.mode, init=args.init, init_text=args.init_text,
         eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
