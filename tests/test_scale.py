@@ -24,7 +24,7 @@ def test_scale_quick_runs_both_engines_and_they_agree(tmp_path: Path, capsys: py
     assert "## Little data" in md and "| 500 |" in md
     data = json.loads((tmp_path / "out" / "results" / "scale.json").read_text())
     ours, twin = (data["results"][e]["runs"] for e in ("tinypft", "torch"))
-    assert len(ours) == len(twin) == 14  # one seed when quick
+    assert len(ours) == len(twin) == 2 + 2 * 4 * 3  # one seed when quick
     for label in ours:
         assert ours[label]["dev"]["bleu"] == pytest.approx(twin[label]["dev"]["bleu"], abs=0.05), label
     assert "largest dev BLEU difference" in capsys.readouterr().out
@@ -48,7 +48,12 @@ def test_scale_reruns_a_run_whose_settings_changed():
 
 def test_scale_plan_runs_three_seeds_of_each_low_data_size():
     labels = [run.label for run in scale.plan(quick=False)]
-    assert len(labels) == len(set(labels)) == 2 + 4 * 3 * 3
-    seeds = {run.seed for run in scale.plan(quick=False) if run.train_size == 50 and run.method == "prefix"}
-    assert seeds == {0, 1, 2}
+    assert len(labels) == len(set(labels)) == 2 + 2 * 4 * 3 * 3  # 2 units, 4 sizes, 3 methods, 3 seeds
+    for unit in ("mr", "pair"):
+        seeds = {run.seed for run in scale.plan(quick=False)
+                 if run.train_size == 50 and run.method == "prefix" and run.unit == unit}
+        assert seeds == {0, 1, 2}
+    last = scale.plan(quick=False)[-1]
+    settings = scale.run_settings(last, "small", Path("ckpt"), quick=False, progress=False)
+    assert (settings.train_unit, settings.train_size) == ("pair", 500)
     assert {run.seed for run in scale.plan(quick=True)} == {0}

@@ -10,8 +10,10 @@ The recipe (needs $TINYPFT_DATA with ``e2e/``):
    training references, every reference of an MR in one document, as
    ``tinypft pretrain --data e2e-grouped --steps 4000`` does;
 2. fine-tune it on all 42,059 (MR, reference) pairs with full fine-tuning and with prefix-tuning;
-3. fine-tune it on 50, 100, 200 and 500 MRs (all their references; seeds 0, 1 and 2 draw three
-   subsets of each size) with full fine-tuning, prefix-tuning and BitFit.
+3. fine-tune it on 50, 100, 200 and 500 training units with full fine-tuning, prefix-tuning and
+   BitFit, the units counted two ways: MRs with all their references (about 8 each), and single
+   (MR, reference) pairs, the examples the Prefix-Tuning paper's low-data sets count; seeds 0, 1
+   and 2 draw three subsets of each size.
 
 Every run uses the methods' default learning rates and sizes (``methods.py``) and is scored by
 tinypft itself: greedy decoding, corpus BLEU (sacrebleu, 13a word tokenization) against all
@@ -49,8 +51,9 @@ from .report import write_json
 ENGINES = ("torch", "tinypft")
 PRETRAIN = {"data": "e2e-grouped", "steps": 4000, "batch_size": 16, "lr": 1e-3}
 ALL_DATA_STEPS = 3000  # batch 8: 24,000 pairs, 0.57 of an epoch
-LOW_DATA_STEPS = 500  # batch 8: 4,000 pairs (about 10 epochs of 50 MRs, 1 of 500)
+LOW_DATA_STEPS = 500  # batch 8: 4,000 pairs (about 10 epochs of 50 MRs, 1 of 500 MRs, 80 of 50 pairs)
 LOW_DATA_SIZES = (50, 100, 200, 500)
+LOW_DATA_UNITS = ("mr", "pair")  # what a low-data size counts: MRs (all references) or (MR, reference) pairs
 LOW_DATA_METHODS = ("full", "prefix", "bitfit")
 LOW_DATA_SEEDS = (0, 1, 2)
 MID_60S = 63.0  # "BLEU in the mid-60s": the bar both all-data runs are held to
@@ -63,23 +66,29 @@ class ScaleRun:
 
     label: str
     method: str
-    train_size: int | None  # MRs; None: all
+    train_size: int | None  # in units of ``unit``; None: all
     steps: int
     seed: int
     test: bool  # the all-data runs are also scored on test
+    unit: str = "mr"  # what train_size counts: "mr" or "pair"
 
 
 def plan(quick: bool) -> list[ScaleRun]:
     steps = QUICK["steps"] if quick else None
     runs = [ScaleRun(f"{m}, all MRs", m, None, steps or ALL_DATA_STEPS, 0, True) for m in ("full", "prefix")]
-    for n in LOW_DATA_SIZES:  # a quick check runs one seed
-        runs += [ScaleRun(low_label(m, n, seed), m, n, steps or LOW_DATA_STEPS, seed, False)
-                 for seed in LOW_DATA_SEEDS[: 1 if quick else None] for m in LOW_DATA_METHODS]
+    for unit in LOW_DATA_UNITS:
+        for n in LOW_DATA_SIZES:  # a quick check runs one seed
+            runs += [ScaleRun(low_label(m, n, seed, unit), m, n, steps or LOW_DATA_STEPS, seed, False, unit)
+                     for seed in LOW_DATA_SEEDS[: 1 if quick else None] for m in LOW_DATA_METHODS]
     return runs
 
 
-def low_label(method: str, mrs: int, seed: int) -> str:
-    return f"{method}, {mrs} MRs, seed {seed}"
+UNIT_NAMES = {"mr": "MRs", "pair": "pairs"}
+
+
+def low_label(method: str, size: int, seed: int, unit: str = "mr") -> str:
+    """The run's name, e.g. ``"prefix, 50 MRs, seed 0"`` or ``"full, 200 pairs, seed 2"``."""
+    return f"{method}, {size} {UNIT_NAMES[unit]}, seed {seed}"
 
 
 def trainer_for(engine: str) -> Any:
@@ -112,7 +121,7 @@ def pretrained(engine: str, size: str, folder: Path, quick: bool, progress: bool
 def run_settings(run: ScaleRun, size: str, checkpoint: Path, quick: bool, progress: bool) -> FinetuneSettings:
     return FinetuneSettings(
         method=run.method, size=size, data="e2e", checkpoint=str(checkpoint), train_size=run.train_size,
-        seed=run.seed, steps=run.steps, eval_size=QUICK["eval_size"] if quick else None,
+        train_unit=run.unit, seed=run.seed, steps=run.steps, eval_size=QUICK["eval_size"] if quick else None,
         max_new_tokens=QUICK["max_new_tokens"] if quick else 64, progress=progress,
     )
 
@@ -200,15 +209,20 @@ def report(results: dict[str, dict[str, Any]], size: str, command: str, shipped:
         lines.append("| " + " | ".join(cells) + " |")
     seeds = ", ".join(map(str, low_data_seeds(results[engines[0]]["runs"])))
     lines += ["", f"## Little data (dev BLEU, mean ± standard deviation over seeds {seeds})", "",
-              "| MRs | " + " | ".join(f"{e} {m}" for e in engines for m in LOW_DATA_METHODS) + " |",
-              "|---:|" + "---:|" * (len(engines) * len(LOW_DATA_METHODS))]
-    for n in LOW_DATA_SIZES:
-        cells = [str(n)]
-        for e in engines:
-            for m in LOW_DATA_METHODS:
-                mean, sd = low_data_bleu(results[e]["runs"], m, n)
-                cells.append(f"{mean:.1f} ± {sd:.1f}")
-        lines.append("| " + " | ".join(cells) + " |")
+              f"Every run takes {LOW_DATA_STEPS} steps of batch 8 whatever its size. Counted in MRs, each "
+              "unit brings all its references (about 8); counted in pairs, each brings one reference, as "
+              "the Prefix-Tuning paper's low-data examples do."]
+    for unit in LOW_DATA_UNITS:
+        columns = [f"{e} {m}" for e in engines for m in LOW_DATA_METHODS]
+        lines += ["", f"| {UNIT_NAMES[unit]} | " + " | ".join(columns) + " |",
+                  "|---:|" + "---:|" * len(columns)]
+        for n in LOW_DATA_SIZES:
+            cells = [str(n)]
+            for e in engines:
+                for m in LOW_DATA_METHODS:
+                    mean, sd = low_data_bleu(results[e]["runs"], m, n, unit)
+                    cells.append(f"{mean:.1f} ± {sd:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## What it says", ""] + [f"* {s}" for s in verdicts(results)] + [""]
     return "\n".join(lines)
 
@@ -221,9 +235,10 @@ def low_data_seeds(runs: dict[str, Any]) -> list[int]:
     return [seed for seed in LOW_DATA_SEEDS if low_label("full", LOW_DATA_SIZES[0], seed) in runs]
 
 
-def low_data_bleu(runs: dict[str, Any], method: str, mrs: int) -> tuple[float, float]:
+def low_data_bleu(runs: dict[str, Any], method: str, size: int, unit: str = "mr") -> tuple[float, float]:
     """Mean and (population) standard deviation of dev BLEU over the low-data seeds."""
-    scores = np.array([runs[low_label(method, mrs, seed)]["dev"]["bleu"] for seed in low_data_seeds(runs)])
+    labels = [low_label(method, size, seed, unit) for seed in low_data_seeds(runs)]
+    scores = np.array([runs[label]["dev"]["bleu"] for label in labels])
     return float(scores.mean()), float(scores.std())
 
 
@@ -237,13 +252,15 @@ def verdicts(results: dict[str, dict[str, Any]]) -> list[str]:
         out.append(f"{e}: full fine-tuning {full:.1f} and prefix-tuning {prefix:.1f} dev BLEU on all the "
                    f"data; they {reach} the mid-60s (taken as {MID_60S:.0f} or more) that a 1M-parameter "
                    "model of this kind is expected to reach.")
-        for m in ("prefix", "bitfit"):
-            gaps = [low_data_bleu(runs, m, n)[0] - low_data_bleu(runs, "full", n)[0] for n in LOW_DATA_SIZES]
-            wins = sum(g > 0 for g in gaps)
-            listing = ", ".join(f"{n}: {g:+.1f}" for n, g in zip(LOW_DATA_SIZES, gaps))
-            n_seeds = len(low_data_seeds(runs))
-            out.append(f"{e}: {m} minus full fine-tuning, mean dev BLEU over {n_seeds} seeds, by MRs: "
-                       f"{listing} ({m} ahead at {wins} of {len(gaps)} sizes).")
+        n_seeds = len(low_data_seeds(runs))
+        for unit in LOW_DATA_UNITS:
+            for m in ("prefix", "bitfit"):
+                gaps = [low_data_bleu(runs, m, n, unit)[0] - low_data_bleu(runs, "full", n, unit)[0]
+                        for n in LOW_DATA_SIZES]
+                wins = sum(g > 0 for g in gaps)
+                listing = ", ".join(f"{n}: {g:+.1f}" for n, g in zip(LOW_DATA_SIZES, gaps))
+                out.append(f"{e}: {m} minus full fine-tuning, mean dev BLEU over {n_seeds} seeds, by "
+                           f"{UNIT_NAMES[unit]}: {listing} ({m} ahead at {wins} of {len(gaps)} sizes).")
     if len(results) == 2:
         a, b = (results[e]["runs"] for e in results)
         diffs = [abs(a[k]["dev"]["bleu"] - b[k]["dev"]["bleu"]) for k in a if k in b]
