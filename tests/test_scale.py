@@ -28,6 +28,12 @@ def test_scale_quick_runs_both_engines_and_they_agree(tmp_path: Path, capsys: py
     for label in ours:
         assert ours[label]["dev"]["bleu"] == pytest.approx(twin[label]["dev"]["bleu"], abs=0.05), label
     assert "largest dev BLEU difference" in capsys.readouterr().out
+    assert "By the number of slots" in md
+    for label in scale.ALL_DATA_LABELS:  # the groups by MR size split the scored MRs between them
+        for split in ("dev", "test"):
+            groups = ours[label][split]["by_slots"]
+            assert sum(g["n"] for g in groups.values()) == ours[label][split]["n"]
+            assert set(groups) <= set(scale.SLOT_GROUPS)
 
 
 def test_scale_without_the_real_data_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
