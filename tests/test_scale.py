@@ -63,3 +63,22 @@ def test_scale_plan_runs_three_seeds_of_each_low_data_size():
     settings = scale.run_settings(last, "small", Path("ckpt"), quick=False, progress=False)
     assert (settings.train_unit, settings.train_size) == ("pair", 500)
     assert {run.seed for run in scale.plan(quick=True)} == {0}
+
+
+def test_low_data_verdicts_count_a_lead_only_beyond_the_seed_spread():
+    def run(bleu: float) -> dict:
+        return {"dev": {"bleu": bleu, "ser": 0.1}, "test": {"bleu": bleu, "ser": 0.1}}
+
+    scores = {"full": (40.0, 42.0, 44.0), "prefix": (50.0, 50.0, 50.0), "bitfit": (41.0, 43.0, 46.0)}
+    runs = {label: run(70.0) for label in scale.ALL_DATA_LABELS}
+    for unit in scale.LOW_DATA_UNITS:
+        for n in scale.LOW_DATA_SIZES:
+            for method, values in scores.items():
+                for seed, bleu in zip(scale.LOW_DATA_SEEDS, values):
+                    runs[scale.low_label(method, n, seed, unit)] = run(bleu)
+    assert scale.low_data_bleu(runs, "full", 50) == pytest.approx((42.0, 2.0))  # sample sd
+    lines = scale.verdicts({"tinypft": {"runs": runs}})
+    prefix = next(line for line in lines if "prefix minus full" in line and "by pairs" in line)
+    bitfit = next(line for line in lines if "bitfit minus full" in line and "by MRs" in line)
+    assert "50: +8.0" in prefix and "ahead at 4 of 4 sizes" in prefix and "at 4)" in prefix
+    assert "ahead at 4 of 4 sizes" in bitfit and "at 0)" in bitfit  # +1.3 against a spread of 3.0

@@ -232,7 +232,7 @@ def report(results: dict[str, dict[str, Any]], size: str, command: str, shipped:
         lines.append("| " + " | ".join(cells) + " |")
     lines += by_slots_table(results, engines)
     seeds = ", ".join(map(str, low_data_seeds(results[engines[0]]["runs"])))
-    lines += ["", f"## Little data (dev BLEU, mean ± standard deviation over seeds {seeds})", "",
+    lines += ["", f"## Little data (dev BLEU, mean ± sample standard deviation over seeds {seeds})", "",
               f"Every run takes {LOW_DATA_STEPS} steps of batch 8 whatever its size. Counted in MRs, each "
               "unit brings all its references (about 8); counted in pairs, each brings one reference, as "
               "the Prefix-Tuning paper's low-data examples do."]
@@ -280,10 +280,10 @@ def low_data_seeds(runs: dict[str, Any]) -> list[int]:
 
 
 def low_data_bleu(runs: dict[str, Any], method: str, size: int, unit: str = "mr") -> tuple[float, float]:
-    """Mean and (population) standard deviation of dev BLEU over the low-data seeds."""
+    """Mean and sample standard deviation (0 for one seed) of dev BLEU over the low-data seeds."""
     labels = [low_label(method, size, seed, unit) for seed in low_data_seeds(runs)]
     scores = np.array([runs[label]["dev"]["bleu"] for label in labels])
-    return float(scores.mean()), float(scores.std())
+    return float(scores.mean()), float(scores.std(ddof=1)) if len(scores) > 1 else 0.0
 
 
 def verdicts(results: dict[str, dict[str, Any]]) -> list[str]:
@@ -308,12 +308,17 @@ def verdicts(results: dict[str, dict[str, Any]]) -> list[str]:
         n_seeds = len(low_data_seeds(runs))
         for unit in LOW_DATA_UNITS:
             for m in ("prefix", "bitfit"):
-                gaps = [low_data_bleu(runs, m, n, unit)[0] - low_data_bleu(runs, "full", n, unit)[0]
-                        for n in LOW_DATA_SIZES]
+                gaps, spreads = [], []
+                for n in LOW_DATA_SIZES:
+                    (mean, sd), (full_mean, full_sd) = (low_data_bleu(runs, k, n, unit) for k in (m, "full"))
+                    gaps.append(mean - full_mean)
+                    spreads.append(float(np.hypot(sd, full_sd)))  # the spread of a difference of two runs
                 wins = sum(g > 0 for g in gaps)
+                clear = sum(g > s for g, s in zip(gaps, spreads))
                 listing = ", ".join(f"{n}: {g:+.1f}" for n, g in zip(LOW_DATA_SIZES, gaps))
                 out.append(f"{e}: {m} minus full fine-tuning, mean dev BLEU over {n_seeds} seeds, by "
-                           f"{UNIT_NAMES[unit]}: {listing} ({m} ahead at {wins} of {len(gaps)} sizes).")
+                           f"{UNIT_NAMES[unit]}: {listing} ({m} ahead at {wins} of {len(gaps)} sizes, by "
+                           f"more than the seed spread sqrt(sd_{m}² + sd_full²) at {clear}).")
     if len(results) == 2:
         a, b = (results[e]["runs"] for e in results)
         diffs = [abs(a[k]["dev"]["bleu"] - b[k]["dev"]["bleu"]) for k in a if k in b]
