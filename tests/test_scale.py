@@ -24,16 +24,21 @@ def test_scale_quick_runs_both_engines_and_they_agree(tmp_path: Path, capsys: py
     assert "## Little data" in md and "| 500 |" in md
     data = json.loads((tmp_path / "out" / "results" / "scale.json").read_text())
     ours, twin = (data["results"][e]["runs"] for e in ("tinypft", "torch"))
-    assert len(ours) == len(twin) == 2 + 2 * 4 * 3  # one seed when quick
+    assert len(ours) == len(twin) == 4 + 2 * 4 * 3  # all data: 2 sources; little data: one seed when quick
     for label in ours:
         assert ours[label]["dev"]["bleu"] == pytest.approx(twin[label]["dev"]["bleu"], abs=0.05), label
     assert "largest dev BLEU difference" in capsys.readouterr().out
-    assert "By the number of slots" in md
-    for label in scale.ALL_DATA_LABELS:  # the groups by MR size split the scored MRs between them
+    assert "By the number of slots" in md and "leaves its value out" in md
+    for label in scale.ALL_DATA_LABELS + scale.TABLE_LABELS:  # MR sizes split the scored MRs between them
         for split in ("dev", "test"):
             groups = ours[label][split]["by_slots"]
             assert sum(g["n"] for g in groups.values()) == ours[label][split]["n"]
             assert set(groups) <= set(scale.SLOT_GROUPS)
+            missing = ours[label][split]["missing_by_slot"]
+            assert missing["name"]["n"] == ours[label][split]["n"]  # every MR names its venue
+            assert all(0.0 <= m["missing"] <= 1.0 for m in missing.values())
+    table = scale.run_settings(scale.plan(quick=True)[2], "tiny", Path("ckpt"), quick=True, progress=False)
+    assert (table.source, scale.plan(quick=True)[2].label) == ("table", scale.TABLE_LABELS[0])
 
 
 def test_scale_without_the_real_data_says_so(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
@@ -54,7 +59,7 @@ def test_scale_reruns_a_run_whose_settings_changed():
 
 def test_scale_plan_runs_three_seeds_of_each_low_data_size():
     labels = [run.label for run in scale.plan(quick=False)]
-    assert len(labels) == len(set(labels)) == 2 + 2 * 4 * 3 * 3  # 2 units, 4 sizes, 3 methods, 3 seeds
+    assert len(labels) == len(set(labels)) == 4 + 2 * 4 * 3 * 3  # 2 units, 4 sizes, 3 methods, 3 seeds
     for unit in ("mr", "pair"):
         seeds = {run.seed for run in scale.plan(quick=False)
                  if run.train_size == 50 and run.method == "prefix" and run.unit == unit}
@@ -70,7 +75,7 @@ def test_low_data_verdicts_count_a_lead_only_beyond_the_seed_spread():
         return {"dev": {"bleu": bleu, "ser": 0.1}, "test": {"bleu": bleu, "ser": 0.1}}
 
     scores = {"full": (40.0, 42.0, 44.0), "prefix": (50.0, 50.0, 50.0), "bitfit": (41.0, 43.0, 46.0)}
-    runs = {label: run(70.0) for label in scale.ALL_DATA_LABELS}
+    runs = {label: run(70.0) for label in scale.ALL_DATA_LABELS + scale.TABLE_LABELS}
     for unit in scale.LOW_DATA_UNITS:
         for n in scale.LOW_DATA_SIZES:
             for method, values in scores.items():
