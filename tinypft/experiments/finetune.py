@@ -283,6 +283,7 @@ class Run:
     base_params: int
     result: TrainResult | None = None
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    outputs: dict[str, list[str]] = field(default_factory=dict)  # e2e: the generated texts per split
 
     @property
     def infix(self) -> bool:
@@ -371,6 +372,7 @@ def evaluate(run: Run, split: str) -> dict[str, Any]:
             n_samples=3,
         )
         metrics = {k: scores[k] for k in ("bleu", "ser", "n")} | {"samples": scores["samples"]}
+        run.outputs[split] = scores["outputs"]
     else:
         sources = [source for source, _ in examples]
         gold = np.array([run.data.label_words.index(label) for _, label in examples])

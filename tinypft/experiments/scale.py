@@ -45,7 +45,7 @@ import numpy as np
 from ..data import E2EExample, load_e2e, load_tokenizer
 from ..data.lexicon import slot_errors
 from ..threads import num_threads
-from ..train import corpus_bleu, evaluate_generation, slot_error_rate, train
+from ..train import corpus_bleu, slot_error_rate, train
 from ..train.pretrain import MANIFEST_NAME, load_pretrained, pretrain, quick_mode, size_config
 from ..train.probes import name_copy_rate
 from .finetune import FinetuneSettings, evaluate, fit, prepare, summarize
@@ -166,14 +166,13 @@ def slot_breakdown(r: Any, split: str) -> dict[str, dict[str, dict[str, float]]]
     260 of 630 have all 8 slots (dev: 71 of 547), 618 name a landmark with ``near`` (dev: 339;
     train: 2,369 of 4,862) and all 630 give ``eatType`` (train: 2,261).
 
-    Returns ``{"by_slots": {group: {"n", "bleu", "ser"}}}``, BLEU and slot error rate over the MRs of
-    each size (``SLOT_GROUPS``), and ``{"missing_by_slot": {slot: {"n", "missing"}}}``, the share of
-    the MRs with that slot whose output leaves its value out.
+    Reads the outputs ``evaluate`` generated for ``split`` and returns two tables: ``by_slots``
+    ({group: {"n", "bleu", "ser"}}), BLEU and slot error rate over the MRs of each size
+    (``SLOT_GROUPS``), and ``missing_by_slot`` ({slot: {"n", "missing"}}), the share of the MRs with
+    that slot whose output leaves its value out.
     """
     examples = r.data.dev if split == "dev" else r.data.test
-    s = r.settings
-    outputs = evaluate_generation(r.model, r.tokenizer, examples, max_new_tokens=s.max_new_tokens,
-                                  batch_size=s.eval_batch_size)["outputs"]
+    outputs = r.outputs[split]
     groups = {}
     for name, sizes in SLOT_GROUPS.items():
         chosen = [i for i, ex in enumerate(examples) if len(ex.slots) in sizes]
