@@ -87,3 +87,24 @@ def test_low_data_verdicts_count_a_lead_only_beyond_the_seed_spread():
     bitfit = next(line for line in lines if "bitfit minus full" in line and "by MRs" in line)
     assert "50: +8.0" in prefix and "ahead at 4 of 4 sizes" in prefix and "at 4)" in prefix
     assert "ahead at 4 of 4 sizes" in bitfit and "at 0)" in bitfit  # +1.3 against a spread of 3.0
+
+
+def test_slot_breakdown_counts_the_values_an_output_leaves_out():
+    from types import SimpleNamespace
+
+    from tinypft.data import E2EExample
+
+    examples = [
+        E2EExample("name[Aromi], eatType[pub], area[riverside]",
+                   {"name": "Aromi", "eatType": "pub", "area": "riverside"},
+                   ("Aromi is a pub by the riverside.",)),
+        E2EExample("name[Zizzi], eatType[pub], area[city centre], near[Café Rouge]",
+                   {"name": "Zizzi", "eatType": "pub", "area": "city centre", "near": "Café Rouge"},
+                   ("Zizzi is a pub in the city centre near Café Rouge.",)),
+    ]
+    outputs = ["Aromi is a pub by the riverside.", "Zizzi is a pub."]  # the second leaves area and near out
+    run = SimpleNamespace(data=SimpleNamespace(dev=examples, test=[]), outputs={"dev": outputs})
+    found = scale.slot_breakdown(run, "dev")
+    missing = {slot: (m["n"], m["missing"]) for slot, m in found["missing_by_slot"].items()}
+    assert missing == {"name": (2, 0.0), "eatType": (2, 0.0), "area": (2, 0.5), "near": (1, 1.0)}
+    assert found["by_slots"]["3-5"]["n"] == 2 and found["by_slots"]["3-5"]["ser"] == pytest.approx(2 / 7)

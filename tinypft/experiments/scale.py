@@ -156,8 +156,6 @@ def finetune(settings: FinetuneSettings, run: ScaleRun, engine: str) -> dict[str
 
 
 SLOT_GROUPS = {"3-5": (3, 4, 5), "6": (6,), "7": (7,), "8": (8,)}  # MR sizes; E2E's MRs have 3 to 8 slots
-
-
 E2E_SLOTS = ("name", "eatType", "food", "priceRange", "customer rating", "area", "familyFriendly", "near")
 
 
