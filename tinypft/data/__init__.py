@@ -1,19 +1,21 @@
-"""Data for tinypft: synthetic E2E-format data, a pretraining corpus, a BPE tokenizer,
-loaders for the real E2E and WebNLG 2017 datasets, and derived classification tasks.
+"""Data for tinypft: the shipped E2E NLG Challenge data and its loaders (and WebNLG 2017's),
+the in-domain pretraining corpus, a BPE tokenizer, and classification tasks derived from E2E.
 
 Everything is pure Python and NumPy-free, seeded and deterministic.
 """
 
-from .build import build_all
+from .build import build_tokenizer
+from .corpus import HELDOUT_FRACTION, encode_document, heldout_split, reference_groups
 from .lexicon import find_slot_values, slot_error_rate, slot_errors
 from .loaders import (
     DATA_ENV_VAR,
     WEBNLG_SEEN_CATEGORIES,
     WEBNLG_UNSEEN_CATEGORIES,
     WebNLGExample,
+    e2e_dir,
+    e2e_file,
     linearize_triples,
     load_e2e,
-    load_synth_e2e,
     load_tokenizer,
     load_webnlg,
     read_e2e_csv,
@@ -36,9 +38,6 @@ from .mr import (
     parse_mr,
     with_source,
 )
-from .pretrain import PRETRAIN_DEV_SEED, PRETRAIN_SEED, pretraining_documents
-from .realise import realise
-from .synth import HELDOUT_NAMES, HELDOUT_NEAR, TRAIN_NAMES, TRAIN_NEAR, generate_splits, write_synth_e2e
 from .tasks import (
     LOW_DATA_SIZES,
     MATCH_LABELS,
@@ -60,56 +59,51 @@ __all__ = [
     "E2E_SLOTS",
     "EXTRA_NAMES",
     "EXTRA_NEAR",
-    "HELDOUT_NAMES",
-    "HELDOUT_NEAR",
     "IGNORE_INDEX",
     "LOW_DATA_SIZES",
     "MATCH_LABELS",
     "PAIR_SEPARATOR",
-    "PRETRAIN_DEV_SEED",
-    "PRETRAIN_SEED",
     "RATING_LABELS",
     "RATING_TO_LABEL",
     "SLOT_ORDER",
     "SPECIAL_TOKENS",
-    "TRAIN_NAMES",
-    "TRAIN_NEAR",
     "WEBNLG_SEEN_CATEGORIES",
     "WEBNLG_UNSEEN_CATEGORIES",
+    "HELDOUT_FRACTION",
     "E2EExample",
     "TextTask",
     "Tokenizer",
     "TokenizerFormatError",
     "WebNLGExample",
-    "build_all",
+    "build_tokenizer",
     "canonical_order",
     "corrupt_mr",
     "extrapolation_split",
     "find_slot_values",
+    "e2e_dir",
+    "e2e_file",
+    "encode_document",
     "flatten_pairs",
     "format_mr",
+    "heldout_split",
     "linearize_table",
-    "generate_splits",
     "linearize_triples",
     "load_e2e",
-    "load_synth_e2e",
     "load_tokenizer",
     "load_webnlg",
     "low_data_subsets",
     "mr_match_task",
     "parse_mr",
     "with_source",
-    "pretraining_documents",
     "rating_mentions",
     "rating_task",
     "read_e2e_csv",
+    "reference_groups",
     "read_webnlg_xml",
     "real_data_dir",
-    "realise",
     "repo_data_dir",
     "slot_error_rate",
     "slot_errors",
     "webnlg_pairs",
     "write_e2e_csv",
-    "write_synth_e2e",
 ]

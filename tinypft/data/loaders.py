@@ -1,12 +1,16 @@
-"""Readers for the project's synthetic CSVs, the real E2E CSVs and the WebNLG 2017 XML.
+"""Readers for the E2E NLG Challenge CSVs and the WebNLG 2017 XML.
 
-The real datasets are not shipped. Point the environment variable ``TINYPFT_DATA`` at a
-folder holding ``e2e/`` and ``webnlg2017/``, or pass ``data_dir=`` explicitly.
+The E2E CSVs ship in ``data/e2e/`` (gzip-compressed, content unchanged, CC BY-SA 4.0), so
+:func:`load_e2e` works with no setup. A folder named by the environment variable ``TINYPFT_DATA``
+(or a ``data_dir=`` argument) holding ``e2e/`` overrides them. WebNLG 2017 (CC BY-NC-SA 4.0,
+non-commercial) is never shipped: point ``TINYPFT_DATA`` at a folder holding ``webnlg2017/``.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
@@ -18,7 +22,6 @@ from .tokenizer import Tokenizer
 
 DATA_ENV_VAR = "TINYPFT_DATA"
 E2E_FILES = {"train": "trainset.csv", "dev": "devset.csv", "test": "testset_w_refs.csv"}
-SYNTH_SPLITS = ("train", "dev", "test", "extrap")
 WEBNLG_SEEN_CATEGORIES: tuple[str, ...] = (
     "Airport", "Astronaut", "Building", "City", "ComicsCharacter", "Food", "Monument", "SportsTeam",
     "University", "WrittenWork",
@@ -79,15 +82,21 @@ def read_e2e_csv(path: str | Path) -> list[E2EExample]:
     """
     path = _require_file(Path(path))
     grouped: dict[str, list[str]] = {}
-    with open(path, newline="", encoding="utf-8") as f:
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
+    with raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as f:
         rows = csv.reader(f)
-        header = next(rows, None)
-        if header is None or [h.strip() for h in header] != ["mr", "ref"]:
-            raise ValueError(f"{path}: expected the header 'mr,ref', got {header!r}")
-        for line_no, row in enumerate(rows, start=2):
-            if len(row) != 2:
-                raise ValueError(f"{path}: row {line_no} has {len(row)} fields, expected 2")
-            grouped.setdefault(row[0], []).append(row[1])
+        try:
+            header = next(rows, None)
+            if header is None or [h.strip() for h in header] != ["mr", "ref"]:
+                raise ValueError(f"{path}: expected the header 'mr,ref', got {header!r}")
+            for line_no, row in enumerate(rows, start=2):
+                if len(row) != 2:
+                    raise ValueError(f"{path}: row {line_no} has {len(row)} fields, expected 2")
+                grouped.setdefault(row[0], []).append(row[1])
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+        except (OSError, EOFError) as err:  # a truncated or corrupt .gz
+            raise ValueError(f"{path} cannot be read: {err}") from None
     examples = []
     for mr, refs in grouped.items():
         try:
@@ -109,24 +118,25 @@ def write_e2e_csv(path: str | Path, examples: Iterable[E2EExample]) -> None:
             writer.writerows([example.mr, ref] for ref in example.refs)
 
 
-def load_e2e(split: str, data_dir: str | Path | None = None) -> list[E2EExample]:
-    """The real E2E NLG data (``train``, ``dev`` or ``test``), grouped by MR."""
+def e2e_dir(data_dir: str | Path | None = None) -> Path:
+    """Where the E2E CSVs are read from: ``data_dir/e2e`` if given, else ``$TINYPFT_DATA/e2e`` if
+    that variable is set, else the shipped ``data/e2e``."""
+    if data_dir is None and not os.environ.get(DATA_ENV_VAR):
+        return repo_data_dir() / "e2e"
+    return real_data_dir(data_dir) / "e2e"
+
+
+def e2e_file(split: str, data_dir: str | Path | None = None) -> Path:
+    """The CSV of an E2E split: ``trainset.csv`` if present, else the shipped ``trainset.csv.gz``."""
     _check_split(split, tuple(E2E_FILES))
-    return read_e2e_csv(real_data_dir(data_dir) / "e2e" / E2E_FILES[split])
+    plain = e2e_dir(data_dir) / E2E_FILES[split]
+    compressed = plain.with_name(plain.name + ".gz")
+    return compressed if not plain.is_file() and compressed.is_file() else plain
 
 
-def load_synth_e2e(split: str, data_dir: str | Path | None = None) -> list[E2EExample]:
-    """The project's synthetic E2E-format data (``train``, ``dev``, ``test`` or ``extrap``).
-
-    Reads ``{data_dir}/{split}.csv``; ``data_dir`` defaults to the repository's
-    ``data/e2e_synth`` (regenerate it with ``python -m tinypft.data``).
-    """
-    _check_split(split, SYNTH_SPLITS)
-    folder = Path(data_dir) if data_dir is not None else repo_data_dir() / "e2e_synth"
-    path = folder / f"{split}.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"missing synthetic data file {path}; `python -m tinypft.data` builds it")
-    return read_e2e_csv(path)
+def load_e2e(split: str, data_dir: str | Path | None = None) -> list[E2EExample]:
+    """The E2E NLG Challenge data (``train``, ``dev`` or ``test``), grouped by MR; see :func:`e2e_dir`."""
+    return read_e2e_csv(e2e_file(split, data_dir))
 
 
 # --- WebNLG 2017 -------------------------------------------------------------------------------

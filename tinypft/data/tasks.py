@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from .lexicon import find_slot_values
-from .loaders import WebNLGExample, load_synth_e2e, load_webnlg
-from .mr import E2E_SLOTS, E2EExample, format_mr
+from .loaders import WebNLGExample, load_e2e, load_webnlg
+from .mr import E2E_SLOTS, EXTRA_NAMES, EXTRA_NEAR, E2EExample, format_mr, linearize_table
 
 T = TypeVar("T")
 
@@ -128,14 +128,18 @@ def _mentioned_slots(slots: dict[str, str], ref: str) -> list[str]:
     return [s for s, v in slots.items() if v in entities or v in values.get(s, set())]
 
 
-def mr_match_task(examples: Sequence[E2EExample], seed: int = 0) -> TextTask:
+def mr_match_task(examples: Sequence[E2EExample], seed: int = 0, source: str = "table") -> TextTask:
     """Does the reference describe the MR? ``yes`` / ``no``, exactly balanced (±1).
 
     Every reference appears once. A seeded half keeps its own MR (``yes``); the other half
     gets its MR with one slot changed to another value of that slot (``no``), preferring a
     slot the reference visibly mentions, so the change contradicts the text. Source texts
-    are ``mr + PAIR_SEPARATOR + ref``.
+    are ``mr + PAIR_SEPARATOR + ref``, every MR written the same way: as a table
+    (``source="table"``) or in the bracket format (``"mr"``), so the form never gives the answer.
     """
+    if source not in ("table", "mr"):
+        raise ValueError(f"unknown source format {source!r}; choose table or mr")
+    write = linearize_table if source == "table" else format_mr
     pool: dict[str, set[str]] = {slot: set(values) for slot, values in E2E_SLOTS.items()}
     for example in examples:
         for slot, value in example.slots.items():
@@ -147,9 +151,9 @@ def mr_match_task(examples: Sequence[E2EExample], seed: int = 0) -> TextTask:
     for i, (example, ref) in enumerate(rows):
         if i in negatives:
             slots = corrupt_mr(example.slots, rng, pool, prefer=_mentioned_slots(example.slots, ref))
-            pairs.append((format_mr(slots) + PAIR_SEPARATOR + ref, "no"))
+            pairs.append((write(slots) + PAIR_SEPARATOR + ref, "no"))
         else:
-            pairs.append((example.mr + PAIR_SEPARATOR + ref, "yes"))
+            pairs.append((write(example.slots) + PAIR_SEPARATOR + ref, "yes"))
     return TextTask("mr_match", MATCH_LABELS, tuple(pairs))
 
 
@@ -186,16 +190,36 @@ def low_data_subsets(
 # --- (d) extrapolation ------------------------------------------------------------------------
 
 
+def unseen_entities(examples: Sequence[E2EExample]) -> list[E2EExample]:
+    """The examples with their venue name and landmark swapped for made-up ones that no E2E text
+    contains (``EXTRA_NAMES``, ``EXTRA_NEAR``, in turn), in the MR and in every reference.
+
+    A fine-tuned model can write such a name only by copying it from the MR: it extrapolates to
+    entities it never saw, the E2E counterpart of WebNLG's unseen categories.
+    """
+    out = []
+    for i, example in enumerate(examples):
+        swap = {"name": EXTRA_NAMES[i % len(EXTRA_NAMES)], "near": EXTRA_NEAR[i % len(EXTRA_NEAR)]}
+        slots = {slot: swap.get(slot, value) for slot, value in example.slots.items()}
+        refs = list(example.refs)
+        for slot in ("name", "near"):
+            if slot in example.slots:
+                refs = [ref.replace(example.slots[slot], slots[slot]) for ref in refs]
+        mr = format_mr(slots) if example.mr == format_mr(example.slots) else linearize_table(slots)
+        out.append(E2EExample(mr=mr, slots=slots, refs=tuple(refs)))
+    return out
+
+
 def extrapolation_split(
     dataset: str, data_dir: str | Path | None = None
 ) -> list[E2EExample] | list[WebNLGExample]:
     """Test examples outside the training distribution.
 
-    ``"e2e_synth"``: MRs whose venue names and landmarks never occur in training.
-    ``"webnlg"``: the test entries of the 5 categories absent from training.
+    ``"e2e"``: the E2E test MRs with unseen venue names and landmarks (:func:`unseen_entities`).
+    ``"webnlg"``: the test entries of the 5 categories absent from training (needs ``TINYPFT_DATA``).
     """
-    if dataset == "e2e_synth":
-        return load_synth_e2e("extrap", data_dir)
+    if dataset == "e2e":
+        return unseen_entities(load_e2e("test", data_dir))
     if dataset == "webnlg":
         return load_webnlg("test", data_dir, category_set="unseen")
-    raise ValueError(f"dataset must be 'e2e_synth' or 'webnlg', got {dataset!r}")
+    raise ValueError(f"dataset must be 'e2e' or 'webnlg', got {dataset!r}")

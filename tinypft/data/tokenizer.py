@@ -178,8 +178,15 @@ class Tokenizer:
         """:meth:`encode` for each text."""
         return [self.encode(t, add_bos=add_bos, add_eos=add_eos) for t in texts]
 
+    def encode_target(self, target: str) -> list[int]:
+        """A target as running text: ``" " + target``, so its first word is the token it is inside
+        a sentence (`` low``, not ``low``, which running text never contains)."""
+        return self.encode(" " + target)
+
     def encode_pair(self, source: str, target: str) -> tuple[list[int], list[int]]:
         """Ids and labels for conditional generation: ``[bos] source [sep] target [eos]``.
+
+        The target is encoded by :meth:`encode_target`, with a leading space.
 
         ``labels`` has the same length as ``ids``: :data:`IGNORE_INDEX` (-100) on bos, the
         source and sep, and the token id itself on the target and eos. A language model that
@@ -187,7 +194,7 @@ class Tokenizer:
         so it is trained to write the target and stop, never to write the source.
         """
         src = [self.bos_id, *self.encode(source), self.sep_id]
-        tgt = [*self.encode(target), self.eos_id]
+        tgt = [*self.encode_target(target), self.eos_id]
         return src + tgt, [IGNORE_INDEX] * len(src) + tgt
 
     def decode(self, ids: Iterable[int], skip_special: bool = False) -> str:

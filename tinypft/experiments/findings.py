@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shlex
 import sys
 import time
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import load_synth_e2e, load_tokenizer, rating_task
+from ..data import extrapolation_split, load_e2e, load_tokenizer, rating_task, with_source
 from ..peft import BitFitConfig, PromptEnsemble, bias_change, get_peft_model, load_adapter
 from ..threads import num_threads
 from ..train import pad_batch, source_ids
@@ -79,9 +78,6 @@ class RunSpec:
     def key(self) -> str:
         """What the result depends on, as canonical JSON (progress bars do not count)."""
         values = dataclasses.asdict(self.settings) | {"progress": None}
-        for name, before in (("source", "mr"), ("train_unit", "mr")):  # options added later: their
-            if values[name] == before:  # defaults are what every run made before them did
-                del values[name]
         return json.dumps({"settings": values, "components": self.components, "extrap": self.extrap},
                           sort_keys=True)
 
@@ -111,7 +107,6 @@ class Experiment:
     rows: Callable[[Context], list[Row]]
     verdict: Callable[[Summary, Context, Sequence[Row]], list[str]]
     extra: Callable[[Context, list[Row]], dict[str, Any]] | None = None  # a computed addition (ensembles)
-    needs_real_data: bool = False
 
 
 @dataclass
@@ -184,7 +179,8 @@ def execute(spec: RunSpec, ctx: Context, callback: Any = None) -> dict[str, Any]
     for split in ("dev", "test"):
         record[split] = {k: v for k, v in record[split].items() if k != "samples"}
     if spec.extrap:
-        extrap = evenly_spaced(load_synth_e2e("extrap"), spec.settings.eval_size)
+        extrap = evenly_spaced(with_source(extrapolation_split("e2e"), spec.settings.source),
+                               spec.settings.eval_size)
         s = spec.settings
         scores = evaluate_generation(run.model, run.tokenizer, extrap, max_new_tokens=s.max_new_tokens,
                                      batch_size=s.eval_batch_size, n_samples=0)
@@ -206,9 +202,6 @@ def run_experiments(experiments: Sequence[Experiment], ctx: Context) -> list[str
     plans = []
     skipped = []
     for exp in experiments:
-        if exp.needs_real_data and not os.environ.get("TINYPFT_DATA"):
-            skipped.append(f"{exp.name}: $TINYPFT_DATA is not set (the real E2E data); skipped")
-            continue
         plans.append((exp, exp.rows(ctx)))
     todo = {s.digest: s for _, rows in plans for row in rows for s in row.specs if ctx.record(s) is None}
     bar = tqdm(total=len(todo), unit="run", disable=not ctx.progress, desc="findings")
@@ -247,8 +240,8 @@ def prompt_ensemble(ctx: Context, rows: list[Row]) -> dict[str, Any]:
     base, _ = load_pretrained(s.size, directory=s.checkpoint, tokenizer=ctx.tokenizer)
     prompts = [load_adapter(base, ctx.adapter_dir(m)) for m in members]
     ensemble = PromptEnsemble(prompts)
-    splits = {name: list(rating_task(load_synth_e2e(name)).examples) for name in ("dev", "test")}
-    labels = rating_task(load_synth_e2e("dev")).labels
+    splits = {name: list(rating_task(load_e2e(name)).examples) for name in ("dev", "test")}
+    labels = rating_task(load_e2e("dev")).labels
     label_ids = label_token_ids(ctx.tokenizer, labels)
     result: dict[str, Any] = {"members": [m.digest for m in members]}
     for split, examples in splits.items():
@@ -268,7 +261,7 @@ def prompt_ensemble(ctx: Context, rows: list[Row]) -> dict[str, Any]:
 def longest_rating_source(tokenizer: Any) -> int:
     """Tokens of the longest rating dev/test prompt (bos source sep): a prompt of P fits if P + this
     is at most the context length."""
-    examples = [ex for split in ("dev", "test") for ex in rating_task(load_synth_e2e(split)).examples]
+    examples = [ex for split in ("dev", "test") for ex in rating_task(load_e2e(split)).examples]
     return max(len(source_ids(tokenizer, source)) for source, _ in examples)
 
 
@@ -575,7 +568,7 @@ def extrap_verdict(s: Summary, ctx: Context, rows: Sequence[Row] = ()) -> list[s
 
 
 def real_rows(ctx: Context) -> list[Row]:
-    return [ctx.row(m, m, data="e2e", seeds=ctx.seeds[:1] if m == "frozen" else None)
+    return [ctx.row(m, m, seeds=ctx.seeds[:1] if m == "frozen" else None)
             for m in ("frozen", "full", "bitfit", "prefix", "prompt")]
 
 
@@ -621,7 +614,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("real_e2e", "The methods on the real E2E data", CITE["prefix"],
                "on E2E, prefix-tuning with 0.1% of the parameters matches full fine-tuning (70.3 vs 68.8 "
                "BLEU)",
-               "e2e", real_rows, real_verdict, needs_real_data=True),
+               "e2e", real_rows, real_verdict),
 )}
 
 
@@ -655,7 +648,7 @@ def table(rows: Sequence[Row], summary: Summary, task: str) -> str:
 
 def one_class_accuracies(ctx: Context, split: str) -> dict[str, float]:
     """The accuracy of answering one class for every scored ``rating`` example of ``split``."""
-    examples = evenly_spaced(rating_task(load_synth_e2e(split)).examples, ctx.budget.cls_eval_size)
+    examples = evenly_spaced(rating_task(load_e2e(split)).examples, ctx.budget.cls_eval_size)
     labels = [label for _, label in examples]
     return {label: labels.count(label) / len(labels) for label in sorted(set(labels))}
 
@@ -689,8 +682,6 @@ def write_results(experiments: Sequence[Experiment], ctx: Context, out: Path, co
     sections, data = [], {}
     for exp in experiments:
         note = next((m for m in skipped if m.startswith(exp.name + ":")), None)
-        if exp.needs_real_data and not os.environ.get("TINYPFT_DATA"):
-            note = note or "$TINYPFT_DATA is not set"
         try:
             rows = None if note else exp.rows(ctx)
         except (ValueError, FileNotFoundError) as err:  # e.g. a checkpoint that does not load yet

@@ -4,10 +4,13 @@
     tinypft finetune --method prompt --task rating --steps 300 --json
     tinypft finetune --method bitfit --task e2e --sweep-lr 3e-3,1e-2,3e-2    # lr chosen on dev
 
-Tasks, on the shipped synthetic E2E data (or the real E2E with ``--data e2e`` and $TINYPFT_DATA):
+Tasks, on the shipped E2E NLG Challenge data (``data/e2e``; ``$TINYPFT_DATA/e2e`` overrides it):
 
     e2e     MR -> restaurant description. Greedy decoding; corpus BLEU against all references of
-            each MR, and the slot error rate (missing + invented values / slots).
+            each MR, the slot error rate (missing + invented values / slots) and the share of
+            outputs that name their own venue. The MR is written as a table
+            (``name : The Eagle | food : French``, the Prefix-Tuning paper's format) unless
+            ``--source mr`` keeps it as in the file.
     rating  reference -> low | average | high          (``tinypft.data.rating_task``)
     match   MR || reference -> yes | no                (``tinypft.data.mr_match_task``)
 
@@ -44,7 +47,6 @@ from ..data import (
     Tokenizer,
     flatten_pairs,
     load_e2e,
-    load_synth_e2e,
     load_tokenizer,
     low_data_subsets,
     mr_match_task,
@@ -73,8 +75,7 @@ class FinetuneSettings:
     method: str
     task: str = "e2e"
     size: str = "small"
-    data: str = "synth"  # synth (shipped) or e2e (real, from $TINYPFT_DATA)
-    source: str = "mr"  # e2e task: the MR as in the file, or "table" (slot : value | ...)
+    source: str = "table"  # the MR as a table (slot : value | ...), or "mr" as in the data file
     checkpoint: str | None = None  # checkpoint folder; default data/checkpoints/<size>
     train_size: int | None = None  # units (see train_unit) or classification examples; None: all
     train_unit: str = "mr"  # e2e: train_size counts MRs (all their references) or (MR, reference) pairs
@@ -99,12 +100,8 @@ class FinetuneSettings:
         get_method(self.method)
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
-        if self.data not in ("synth", "e2e"):
-            raise ValueError(f"data must be 'synth' or 'e2e', got {self.data!r}")
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        if self.source != "mr" and self.task != "e2e":
-            raise ValueError("--source is an option of the e2e task")
         if self.train_unit not in ("mr", "pair"):
             raise ValueError(f"train_unit must be 'mr' or 'pair', got {self.train_unit!r}")
         if self.train_unit != "mr" and self.task != "e2e":
@@ -152,17 +149,18 @@ def evenly_spaced(items: Sequence[Any], n: int | None) -> list[Any]:
 def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int) -> TaskData:
     """Training, dev and test data of ``settings.task``; training examples over ``max_length``
     tokens are dropped (and counted). The training subset depends on the seed, dev/test do not."""
-    load = load_synth_e2e if settings.data == "synth" else load_e2e
     splits: dict[str, list[E2EExample]] = {
-        split: with_source(load(split), settings.source) for split in ("train", "dev", "test")
+        split: with_source(load_e2e(split), settings.source) for split in ("train", "dev", "test")
     }
     labels: tuple[str, ...] = ()
     if settings.task == "e2e":
         train_items: Sequence[Any] = splits["train"]
         dev, test = splits["dev"], splits["test"]
     else:
-        make = rating_task if settings.task == "rating" else mr_match_task
-        tasks = {s: make(examples) for s, examples in splits.items()}
+        if settings.task == "rating":
+            tasks = {s: rating_task(examples) for s, examples in splits.items()}
+        else:
+            tasks = {s: mr_match_task(examples, source=settings.source) for s, examples in splits.items()}
         labels = tasks["train"].labels
         train_items = list(tasks["train"].examples)
         dev, test = list(tasks["dev"].examples), list(tasks["test"].examples)
@@ -201,8 +199,8 @@ def probe_example(tokenizer: Tokenizer, source: str, label: int) -> tuple[list[i
 
 
 def label_token_ids(tokenizer: Tokenizer, words: Sequence[str]) -> list[int]:
-    """The first token of each label word (as the target is encoded); they must differ."""
-    ids = [tokenizer.encode(word)[0] for word in words]
+    """The first token of each label word as a target is encoded (`` low``); they must differ."""
+    ids = [tokenizer.encode_target(word)[0] for word in words]
     if len(set(ids)) != len(ids):
         raise ValueError(f"label words {list(words)} share their first token; cannot score them apart")
     return ids
@@ -371,7 +369,8 @@ def evaluate(run: Run, split: str) -> dict[str, Any]:
             model, run.tokenizer, examples, max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size,
             n_samples=3,
         )
-        metrics = {k: scores[k] for k in ("bleu", "ser", "n")} | {"samples": scores["samples"]}
+        metrics = {k: scores[k] for k in ("bleu", "ser", "names_venue", "distinct", "n")}
+        metrics["samples"] = scores["samples"]
         run.outputs[split] = scores["outputs"]
     else:
         sources = [source for source, _ in examples]
@@ -392,7 +391,7 @@ def summarize(run: Run) -> dict[str, Any]:
     return {
         "method": s.method,
         "task": s.task,
-        "data": s.data,
+        "source": s.source,
         "size": s.size,
         "seed": s.seed,
         "trainable_params": run.trainable_params,
@@ -481,9 +480,9 @@ def save_run(run: Run, record: dict[str, Any], out: str | Path) -> None:
 
 def finetune_command(s: FinetuneSettings) -> str:
     """The ``tinypft finetune`` command line that repeats a run with these settings."""
-    args = ["tinypft", "finetune", "--method", s.method, "--task", s.task, "--size", s.size, "--data", s.data,
+    args = ["tinypft", "finetune", "--method", s.method, "--task", s.task, "--size", s.size,
             "--seed", str(s.seed), "--batch-size", str(s.batch_size)]
-    args += ["--source", s.source] if s.source != "mr" else []
+    args += ["--source", s.source] if s.source != "table" else []
     args += ["--train-unit", s.train_unit] if s.train_unit != "mr" else []
     args += ["--max-new-tokens", str(s.max_new_tokens)] if s.task == "e2e" else []
     args += ["--steps", str(s.steps)] if s.steps else ["--epochs", str(s.epochs)]
@@ -506,10 +505,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=TASKS, default="e2e")
     parser.add_argument("--size", default="small", help="shipped checkpoint: tiny, small or medium")
     parser.add_argument("--checkpoint", help="checkpoint folder (default data/checkpoints/<size>)")
-    parser.add_argument("--data", choices=("synth", "e2e"), default="synth",
-                        help="shipped synthetic data, or the real E2E from $TINYPFT_DATA")
-    parser.add_argument("--source", choices=SOURCES, default="mr",
-                        help="e2e: the MR as in the data file, or as a table 'slot : value | ...'")
+    parser.add_argument("--source", choices=SOURCES, default="table",
+                        help="the MR as a table 'slot : value | ...' (default), or as in the data file")
     parser.add_argument("--train-size", type=int, help="training MRs (e2e) or examples; default all")
     parser.add_argument("--train-unit", choices=("mr", "pair"), default="mr",
                         help="e2e: --train-size counts MRs (with all their references) or pairs")
@@ -536,7 +533,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
     settings = FinetuneSettings(
-        method=args.method, task=args.task, size=args.size, data=args.data, source=args.source,
+        method=args.method, task=args.task, size=args.size, source=args.source,
         checkpoint=args.checkpoint,
         train_size=args.train_size, train_unit=args.train_unit, seed=args.seed, steps=args.steps,
         epochs=args.epochs, lr=args.lr,

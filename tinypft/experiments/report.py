@@ -22,8 +22,9 @@ BASE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("trainable_pct", "% of base", "{:.3f}"),
     ("stored_bytes", "stored/task", "bytes"),
 )
-METRIC_FORMATS = {"bleu": "{:.1f}", "ser": "{:.3f}", "accuracy": "{:.3f}"}
-METRIC_HEADERS = {"bleu": "BLEU", "ser": "SER", "accuracy": "acc"}
+METRIC_FORMATS = {"bleu": "{:.1f}", "ser": "{:.3f}", "names_venue": "{:.2f}", "accuracy": "{:.3f}"}
+METRIC_HEADERS = {"bleu": "BLEU", "ser": "SER", "names_venue": "names venue", "accuracy": "acc"}
+PLOTTED_METRICS = ("bleu", "ser", "accuracy")  # names_venue is a check, not a trade-off
 
 
 def environment() -> dict[str, Any]:
@@ -133,7 +134,8 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Test metric against trainable parameters (log x axis), one point per method, saved as PNG.
+    """Test metric (dev when there is no test) against trainable parameters (log x axis), one point
+    per method, saved as PNG.
 
     E2E rows get two panels (BLEU, higher is better; SER, lower is better), classification rows
     one (accuracy). A method with 0 trainable parameters cannot sit on a log axis: it is drawn as a
@@ -144,10 +146,12 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in METRIC_FORMATS if any(row.get(f"test_{m}") is not None for row in rows)]
+    tested = any(row.get(f"test_{m}") is not None for row in rows for m in PLOTTED_METRICS)
+    split = "test" if tested else "dev"
+    metrics = [m for m in PLOTTED_METRICS if any(row.get(f"{split}_{m}") is not None for row in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        key = f"test_{metric}"
+        key = f"{split}_{metric}"
         for row in rows:
             value = row.get(key)
             if value is None:
@@ -164,7 +168,7 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
             ax.legend(loc="best", frameon=False)
         ax.set_xlabel("trainable parameters (log scale)")
         better = "lower is better" if metric == "ser" else "higher is better"
-        ax.set_ylabel(f"test {METRIC_HEADERS[metric]} ({better})")
+        ax.set_ylabel(f"{split} {METRIC_HEADERS[metric]} ({better})")
         ax.grid(True, which="both", alpha=0.3)
     if title:
         fig.suptitle(title)

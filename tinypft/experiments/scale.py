@@ -4,11 +4,11 @@
     tinypft scale --engine both         # the same recipe trained by each engine, side by side
     tinypft scale --quick --size tiny   # a few steps: checks that everything runs
 
-The recipe (needs $TINYPFT_DATA with ``e2e/``):
+The recipe (on the shipped E2E data, or ``$TINYPFT_DATA/e2e``):
 
-1. pretrain a GPT of tinypft's architecture (``small``: 1,071,872 parameters) on the real E2E
-   training references, every reference of an MR in one document, as
-   ``tinypft pretrain --data e2e-grouped --steps 4000`` does;
+1. pretrain a GPT of tinypft's architecture (``small``: 1,071,872 parameters) on the E2E
+   training references, every reference of an MR in one document, as the shipped checkpoints
+   were (``tinypft pretrain --steps 4000``);
 2. fine-tune it on all 42,059 (MR, reference) pairs with full fine-tuning and with prefix-tuning,
    the MR written as in the data file (``name[X], area[Y]``) and, again, as a table
    (``name : X | area : Y``, ``finetune --source table``);
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shlex
 import sys
 import time
@@ -42,17 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from ..data import E2EExample, load_e2e, load_tokenizer
+from ..data import load_tokenizer
 from ..data.lexicon import slot_errors
 from ..threads import num_threads
 from ..train import corpus_bleu, slot_error_rate, train
-from ..train.pretrain import MANIFEST_NAME, load_pretrained, pretrain, quick_mode, size_config
-from ..train.probes import name_copy_rate
+from ..train.pretrain import MANIFEST_NAME, pretrain, quick_mode, size_config
 from .finetune import FinetuneSettings, evaluate, fit, prepare, summarize
 from .report import write_json
 
 ENGINES = ("torch", "tinypft")
-PRETRAIN = {"data": "e2e-grouped", "steps": 4000, "batch_size": 16, "lr": 1e-3}
+PRETRAIN = {"steps": 4000, "batch_size": 16, "lr": 1e-3}
 ALL_DATA_STEPS = 3000  # batch 8: 24,000 pairs, 0.57 of an epoch
 LOW_DATA_STEPS = 500  # batch 8: 4,000 pairs (about 10 epochs of 50 MRs, 1 of 500 MRs, 80 of 50 pairs)
 LOW_DATA_SIZES = (50, 100, 200, 500)
@@ -110,7 +108,7 @@ def pretrained(engine: str, size: str, folder: Path, quick: bool, progress: bool
     the recipe that made it is the same)."""
     tokenizer = load_tokenizer()
     steps = QUICK["pretrain_steps"] if quick else PRETRAIN["steps"]
-    command = (f"tinypft pretrain --size {size} --data {PRETRAIN['data']} --steps {steps} --batch-size "
+    command = (f"tinypft pretrain --size {size} --steps {steps} --batch-size "
                f"{PRETRAIN['batch_size']} --lr {PRETRAIN['lr']} --out {folder} (trained by {engine})")
     manifest = folder / MANIFEST_NAME
     if manifest.exists():
@@ -118,15 +116,15 @@ def pretrained(engine: str, size: str, folder: Path, quick: bool, progress: bool
         if made["command"] == command:
             return made
         print(f"[{engine}] {folder} was pretrained by another recipe; pretraining again", flush=True)
-    return pretrain(size_config(size, tokenizer.vocab_size), folder, data=PRETRAIN["data"], steps=steps,
-                    batch_size=PRETRAIN["batch_size"], lr=PRETRAIN["lr"], dev_windows=4 if quick else 64,
+    return pretrain(size_config(size, tokenizer.vocab_size), folder, steps=steps,
+                    batch_size=PRETRAIN["batch_size"], lr=PRETRAIN["lr"], dev_windows=4 if quick else 256,
                     tokenizer=tokenizer, progress=progress, command=command,
                     size=size, trainer=trainer_for(engine))
 
 
 def run_settings(run: ScaleRun, size: str, checkpoint: Path, quick: bool, progress: bool) -> FinetuneSettings:
     return FinetuneSettings(
-        method=run.method, size=size, data="e2e", checkpoint=str(checkpoint), train_size=run.train_size,
+        method=run.method, size=size, checkpoint=str(checkpoint), train_size=run.train_size,
         train_unit=run.unit, source=run.source, seed=run.seed, steps=run.steps,
         eval_size=QUICK["eval_size"] if quick else None,
         max_new_tokens=QUICK["max_new_tokens"] if quick else 64, progress=progress,
@@ -203,25 +201,10 @@ def run_engine(engine: str, size: str, root: Path, quick: bool, progress: bool) 
             cache[run.label] = finetune(settings, run, engine)
             write_json(cache_path, cache)
     pre = {k: manifest[k] for k in ("num_parameters", "steps", "best_step", "dev_loss", "seconds", "command")}
-    return {"pretrain": pre | {"copy_rate": copy_rate(folder / "pretrain", size, quick)}, "runs": cache}
+    return {"pretrain": pre | {"copy_rate": manifest["name_copy_rate"]["copy_rate"]}, "runs": cache}
 
 
-def named_twice(examples: list[E2EExample]) -> float:
-    """The share of references that write their MR's name at least twice."""
-    counts = [ref.count(ex.slots["name"]) for ex in examples if "name" in ex.slots for ref in ex.refs]
-    return sum(c >= 2 for c in counts) / len(counts)
-
-
-def copy_rate(checkpoint: Path | None, size: str, quick: bool, names: str = "fine_tuning") -> float:
-    """How often the pretrained LM writes a venue's name again when a text calls for it (the copy
-    probe of ``tinypft.train.probes``, with the fine-tuning names): prefix-tuning and BitFit can
-    only steer what the frozen model can already do, and E2E outputs copy names from the MR."""
-    tokenizer = load_tokenizer()
-    model, _ = load_pretrained(size, directory=checkpoint, tokenizer=tokenizer)
-    return name_copy_rate(model, tokenizer, n=4 if quick else 100, names=names)["copy_rate"]
-
-
-def report(results: dict[str, dict[str, Any]], size: str, command: str, shipped: dict[str, float]) -> str:
+def report(results: dict[str, dict[str, Any]], size: str, command: str) -> str:
     """Markdown: the pretraining, the all-data table and the low-data table, one column per engine."""
     engines = list(results)
     recipe = __doc__.split("The recipe")[1].split("Finished runs")[0].strip()
@@ -234,14 +217,10 @@ def report(results: dict[str, dict[str, Any]], size: str, command: str, shipped:
         p = results[e]["pretrain"]
         lines.append(f"| {e} | {p['num_parameters']:,} | {p['steps']} ({p['best_step']}) | "
                      f"{p['dev_loss']:.4f} | {p['seconds']:.0f} | {p['copy_rate']:.0%} |")
-    lines += ["", "Copies names: how often greedy decoding writes a venue's name when a paragraph about it "
-              "ends in a cue such as \"We went to\" (`name_copy_rate`, the fine-tuning names). The shipped "
-              f"`{size}` checkpoint, pretrained on the synthetic corpus whose names recur within a document, "
-              f"copies {shipped['fine_tuning']:.0%} of these names and {shipped['made_up']:.0%} of names "
-              f"spelled like its corpus's. Only {shipped['twice']:.1%} of the E2E training references name "
-              "their venue twice, so one reference per document gives a language model little reason to "
-              "copy; grouped by MR, every description after the first can copy the earlier ones' name and "
-              "values, as a fine-tuned model must copy them from its MR."]
+    lines += ["", "Copies names: how often the next description names a venue whose made-up name only the "
+              "description before it gave (`name_copy_rate` on the held-out MRs). Grouped by MR, every "
+              "description after the first can copy the earlier ones' name and values, as a fine-tuned model "
+              "must copy them from its MR."]
     head = "| run | trainable | " + " | ".join(f"{e} dev BLEU | {e} test BLEU | {e} dev SER" for e in engines)
     lines += ["", "## All the data", "", head + " |", "|---|---:|" + "---:|" * (3 * len(engines))]
     for label in ALL_DATA_LABELS + TABLE_LABELS:
@@ -383,9 +362,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     quick = args.quick or quick_mode()
     engines = list(ENGINES) if args.engine == "both" else [args.engine]
-    if not os.environ.get("TINYPFT_DATA"):
-        print("tinypft scale: set $TINYPFT_DATA to a folder with e2e/ (the real E2E data)", file=sys.stderr)
-        return 2
     if "torch" in engines:
         try:
             import torch
@@ -403,10 +379,8 @@ def run(args: argparse.Namespace) -> int:
         results = {e: run_engine(e, args.size, root, quick, not args.no_progress) for e in engines}
     md = out / "scale.md"
     md.parent.mkdir(parents=True, exist_ok=True)
-    shipped = {names: copy_rate(None, args.size, quick, names) for names in ("fine_tuning", "made_up")}
-    shipped["twice"] = named_twice(load_e2e("train"))
-    md.write_text(report(results, args.size, command, shipped))
-    payload = {"command": command, "size": args.size, "shipped_copy_rate": shipped, "results": results}
+    md.write_text(report(results, args.size, command))
+    payload = {"command": command, "size": args.size, "results": results}
     js = write_json(out / "results" / "scale.json", payload)
     print(f"{time.perf_counter() - start:.0f} s; wrote {md} and {js}")
     print("\n".join(verdicts(results)))

@@ -1,17 +1,18 @@
-"""``tinypft showdown``: every method on the synthetic E2E data: one table, one JSON, one plot.
+"""``tinypft showdown``: every method on the E2E NLG data: one table, one JSON, one plot, one page.
 
-    tinypft showdown --quick     # under 2 minutes on 2 CPU cores (a subset of dev/test, said so)
-    tinypft showdown             # under 15 minutes: longer training, all 300 dev and test MRs
-    tinypft showdown --data e2e  # the real E2E data from $TINYPFT_DATA (547 dev, 630 test MRs)
+    tinypft showdown --quick     # under 2 minutes on 2 CPU cores (50 dev MRs, said so)
+    tinypft showdown             # under 15 minutes: longer training, all 547 dev and 630 test MRs
 
 Each method (frozen, full, bitfit, prefix with its MLP, prompt) starts from the same shipped
 checkpoint, trains for the same number of steps on the same batches with its own default learning
 rate (``methods.py``), and is scored the same way: greedy decoding, corpus BLEU against all
-references of each MR, and slot error rate. The frozen method is the pretrained LM with nothing
-trained, scored as it is. The table lists what each method trains, what one task costs on disk,
-the dev and test metrics and the training time; ``showdown.json`` holds every run with its
-hyperparameters, the exact command, the budget and the versions; ``showdown.png`` plots the test
-metrics against the number of trainable parameters.
+references of each MR, the slot error rate, and the share of outputs that name their own venue
+(a model that ignores its MR names one venue for all of them). The frozen method is the pretrained
+LM with nothing trained, scored as it is. The table lists what each method trains, what one task
+costs on disk, the metrics and the training time; ``showdown.json`` holds every run with its
+hyperparameters, the exact command, the budget and the versions; ``showdown.png`` plots the
+metrics against the number of trainable parameters; ``showdown.md`` is the page, with one output
+of every method for the same MR.
 """
 
 from __future__ import annotations
@@ -41,20 +42,21 @@ class Budget:
 
     name: str
     steps: int  # optimizer steps of batch_size (MR, reference) pairs
-    eval_size: int | None  # dev and test MRs scored (an evenly spaced, fixed subset); None: all 300
+    eval_size: int | None  # dev (and test) MRs scored (an evenly spaced, fixed subset); None: all
     max_new_tokens: int = 64
     batch_size: int = 8
     time_limit: str = ""  # what it must fit into, for the report
+    splits: tuple[str, ...] = ("dev", "test")
 
     def describe(self) -> str:
-        n = self.eval_size
-        scored = "all dev and test MRs" if n is None else f"{n} dev and {n} test MRs"
+        n, splits = self.eval_size, " and ".join(self.splits)
+        scored = f"all {splits} MRs" if n is None else f"{n} {splits} MRs (evenly spaced)"
         return (f"{self.steps} steps of batch {self.batch_size} per method, {scored}, greedy decoding "
                 f"of at most {self.max_new_tokens} tokens")
 
 
 BUDGETS: dict[str, Budget] = {
-    "quick": Budget("quick", steps=250, eval_size=50, time_limit="2 minutes on 2 CPU cores"),
+    "quick": Budget("quick", steps=250, eval_size=50, time_limit="2 minutes on 2 CPU cores", splits=("dev",)),
     "default": Budget("default", steps=2000, eval_size=None, time_limit="15 minutes on 2 CPU cores"),
     "test": Budget("test", steps=3, eval_size=3, max_new_tokens=6, time_limit="seconds (tests only)"),
 }
@@ -68,7 +70,6 @@ def run_showdown(
     checkpoint: str | None = None,
     progress: bool = True,
     command: str | None = None,
-    data: str = "synth",
 ) -> dict[str, Any]:
     """Run every method for ``seeds`` seeds (0, 1, ...) within ``budget``; returns the showdown
     record (rows: means over seeds) and, with ``out``, writes showdown.json, .md and .png there."""
@@ -84,11 +85,12 @@ def run_showdown(
             for method in SHOWDOWN_METHODS:
                 bar.set_description(f"{method} (seed {seed})")
                 settings = FinetuneSettings(
-                    method=method, task="e2e", size=size, data=data, checkpoint=checkpoint, seed=seed,
+                    method=method, task="e2e", size=size, checkpoint=checkpoint, seed=seed,
                     steps=budget.steps, batch_size=budget.batch_size, eval_size=budget.eval_size,
                     max_new_tokens=budget.max_new_tokens, progress=False,
                 )
-                records.append(run_finetune(settings, tokenizer=tokenizer, callback=lambda *_: bar.update(1)))
+                records.append(run_finetune(settings, splits=budget.splits, tokenizer=tokenizer,
+                                            callback=lambda *_: bar.update(1)))
     finally:
         bar.close()
     rows = report.aggregate([report.record_row(r) for r in records])
@@ -96,19 +98,18 @@ def run_showdown(
         "command": command,
         "budget": dataclasses.asdict(budget) | {"description": budget.describe()},
         "size": size,
-        "data": data,
         "seeds": list(range(seeds)),
         "eval_note": records[0]["eval_note"],
         "wall_seconds": time.perf_counter() - start,
         "rows": rows,
         "table": report.format_table(rows),
+        "samples": side_by_side(records),
         "environment": report.environment(),
         "runs": [{k: v for k, v in r.items() if k != "environment"} for r in records],
     }
     if out is not None:
         out = Path(out)
-        corpus = "synthetic" if data == "synth" else "real"
-        title = f"{corpus} E2E, {size} model, {budget.name} budget ({budget.steps} steps)"
+        title = f"E2E, {size} model, {budget.name} budget ({budget.steps} steps)"
         report.write_json(out / "showdown.json", result)
         report.plot_tradeoff(rows, out / "showdown.png", title=title)
         (out / "showdown.md").write_text(page(result, title))
@@ -116,16 +117,38 @@ def run_showdown(
 
 
 LEGEND = ("trainable: parameters updated in training (prefix: its MLP too); % of base: of the pretrained "
-          "model's parameters; stored/task: adapter files one task needs (prefix: the baked prefix only)")
+          "model's parameters; stored/task: adapter files one task needs (prefix: the baked prefix only); "
+          "SER: slot errors (missing + invented values) per MR slot, above 1 when there are more errors "
+          "than slots; "
+          "names venue: share of outputs that name their own MR's venue")
+
+
+def side_by_side(records: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """One dev output per method (seed 0) for the same MR, the first one scored."""
+    seen: dict[str, dict[str, str]] = {}
+    for record in records:
+        samples = (record.get("dev") or {}).get("samples") or []
+        if samples and record["method"] not in seen:
+            seen[record["method"]] = {"method": record["method"], "source": samples[0]["source"],
+                                      "output": " ".join(samples[0]["output"].split())}
+    return list(seen.values())
 
 
 def page(result: dict[str, Any], title: str) -> str:
-    """``showdown.md``: what ran (the command, the budget), the table, the plot, and the legend."""
+    """``showdown.md``: what ran (the command, the budget), the table, the legend, one output of every
+    method for the same MR, and the plot."""
     note = f"\n\nNote: {result['eval_note']}." if result["eval_note"] else ""
+    samples = result.get("samples") or []
+    outputs = ""
+    if samples:
+        lines = [f"| {s['method']} | {s['output'].replace('|', '/')} |" for s in samples]
+        outputs = (f"\n\nOne dev MR, every method's output:\n\n> {samples[0]['source']}\n\n"
+                   "| method | output |\n| --- | --- |\n" + "\n".join(lines))
     return (f"# Showdown: {title}\n\n```bash\n{result['command']}\n```\n\n"
             f"{result['budget']['description']}; seeds {', '.join(map(str, result['seeds']))}; "
-            f"{result['wall_seconds']:.0f} s of wall time.{note}\n\n{result['table']}\n\n{LEGEND}.\n\n"
-            f"![test metrics against trainable parameters](showdown.png)\n")
+            f"{result['wall_seconds']:.0f} s of wall time.{note}\n\n{result['table']}\n\n"
+            f"{LEGEND}.{outputs}\n\n"
+            f"![metrics against trainable parameters](showdown.png)\n")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -134,8 +157,6 @@ def page(result: dict[str, Any], title: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help=f"quick budget ({BUDGETS['quick'].time_limit})")
     parser.add_argument("--size", default="small", help="shipped checkpoint: tiny, small or medium")
-    parser.add_argument("--data", choices=("synth", "e2e"), default="synth",
-                        help="synth: the shipped synthetic E2E (default); e2e: the real one ($TINYPFT_DATA)")
     parser.add_argument("--seeds", type=int, default=1, help="seeds per method (0, 1, ...); rows show means")
     parser.add_argument("--out", help="output folder (default runs/showdown or runs/showdown-quick)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (see tinypft.threads)")
@@ -146,10 +167,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     budget = BUDGETS["test" if args.test_budget else "quick" if args.quick else "default"]
-    suffix = ("-quick" if args.quick else "") + ("-e2e" if args.data == "e2e" else "")
+    suffix = "-quick" if args.quick else ""
     out = Path(args.out or f"runs/showdown{suffix}")
     command = ["tinypft", "showdown"] + (["--quick"] if args.quick else [])
-    command += ["--data", args.data] if args.data != "synth" else []
     command += ["--size", args.size, "--seeds", str(args.seeds), "--out", str(out)]
     command += ["--threads", str(args.threads)]
     command += (["--checkpoint", args.checkpoint] if args.checkpoint else [])
@@ -159,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         with num_threads(args.threads):
             result = run_showdown(
                 budget, size=args.size, seeds=args.seeds, out=out, checkpoint=args.checkpoint,
-                progress=not args.no_progress, command=shlex.join(command), data=args.data,
+                progress=not args.no_progress, command=shlex.join(command),
             )
     except (ValueError, FileNotFoundError) as err:
         print(f"tinypft showdown: {err}", file=sys.stderr)
@@ -168,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
     if result["eval_note"]:
         print(f"note: {result['eval_note']} (a fixed subset; the full sets take the default budget)")
     print(LEGEND)
+    for sample in result["samples"]:
+        print(f"  {sample['method']:>7}: {sample['output']}")
     print(f"wall time {result['wall_seconds']:.0f} s; wrote {out / 'showdown.json'}, {out / 'showdown.md'} "
           f"and {out / 'showdown.png'}")
     return 0

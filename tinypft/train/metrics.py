@@ -54,6 +54,19 @@ def slot_error_rate(
     return errors / slots
 
 
+def names_venue_rate(texts: Sequence[str], mrs: Sequence[Mapping[str, str]]) -> float:
+    """Share of outputs that name their own MR's venue (its ``name`` value, verbatim).
+
+    A model that ignores its input writes one name for every MR and scores about 1/34 here, whatever
+    its BLEU: the check that an output follows its MR at all."""
+    if len(texts) != len(mrs):
+        raise ValueError(f"names_venue_rate: {len(texts)} texts but {len(mrs)} MRs")
+    named = [mr["name"] in text for text, mr in zip(texts, mrs) if "name" in mr]
+    if not named:
+        raise ValueError("names_venue_rate: no MR has a name slot")
+    return sum(named) / len(named)
+
+
 def evaluate_generation(
     model: Any,
     tokenizer: Tokenizer,
@@ -72,8 +85,10 @@ def evaluate_generation(
     the slot error rate needs ``.slots`` and is None without them. Prompts are batched in order of
     length (less padding); outputs come back in the order of ``examples``.
 
-    Returns ``{"bleu", "ser", "n", "seconds", "tokens_per_sec", "samples", "outputs"}``, where
-    tokens_per_sec counts generated tokens and samples are the first ``n_samples`` outputs.
+    Returns ``{"bleu", "ser", "names_venue", "distinct", "n", "seconds", "tokens_per_sec", "samples",
+    "outputs"}``: ``names_venue`` is :func:`names_venue_rate`, ``distinct`` the share of distinct
+    outputs (1/n when every input gets the same text), tokens_per_sec counts generated tokens and
+    samples are the first ``n_samples`` outputs.
     """
     sources, refs, slots = [], [], []
     for ex in examples:
@@ -101,9 +116,12 @@ def evaluate_generation(
 
     outputs = [tokenizer.decode(t, skip_special=True).strip() for t in new_tokens]
     n_tokens = sum(len(t) for t in new_tokens)
+    has_slots = len(slots) == len(outputs)
     return {
         "bleu": corpus_bleu(outputs, refs),
-        "ser": slot_error_rate(outputs, slots, entities) if len(slots) == len(outputs) else None,
+        "ser": slot_error_rate(outputs, slots, entities) if has_slots else None,
+        "names_venue": names_venue_rate(outputs, slots) if has_slots else None,
+        "distinct": len(set(outputs)) / len(outputs) if outputs else 0.0,
         "n": len(outputs),
         "seconds": seconds,
         "tokens_per_sec": n_tokens / seconds if seconds > 0 else 0.0,

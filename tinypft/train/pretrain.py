@@ -1,26 +1,20 @@
 """Pretraining the mini GPT-2s that fine-tuning starts from, and loading the shipped checkpoints.
 
-    tinypft pretrain --size small                       # writes data/checkpoints/small/
+    tinypft pretrain --size small --out runs/small      # the shipped data/checkpoints/small needs --force
     tinypft pretrain --size tiny --steps 300 --out /tmp/tiny
 
-The language model learns to continue text packed into windows of ``context_length`` tokens
-(``doc eos doc eos ...``, see ``batching.pack_documents``). Two corpora:
-
-* ``synth``: ``pretraining_documents``, an endless generated stream. The run takes exactly
-  ``steps x batch_size`` windows from it, so no document is seen twice and the model cannot
-  overfit; the held-out loss is measured on the separate stream ``PRETRAIN_DEV_SEED``.
-* ``e2e``: the references of the real E2E training set (text only, no MRs) from ``$TINYPFT_DATA``,
-  with the E2E dev references as held-out text. That corpus is small, so training stops when the
-  held-out loss stops improving and the best weights are kept.
-* ``e2e-grouped``: the same references, but every reference of one MR in one document
-  (``reference_groups``). A later description of a venue can then copy the earlier ones' name
-  and values, which the model must learn to do from the MR when it is fine-tuned: one reference
-  per document rarely asks for it (1.6% of them name their venue twice).
+The corpus is in-domain (``tinypft.data.corpus``): the E2E training references, every reference of
+one MR in one document (``<bos> ref <sep> ref <sep> ... <eos>``), so that a later description learns
+to copy the name and values of the earlier ones, as a steered model must copy them from its MR.
+The documents are packed into windows of ``context_length`` tokens (``batching.pack_documents``).
+A seeded 5% of the training MRs is held out: their documents' loss picks the best step, and
+training stops when it stops improving. Nothing from E2E's dev or test split is read.
 
 A checkpoint folder holds ``model.safetensors`` (float16 by default: half the bytes, and the
 rounding costs a negligible amount of loss, which the manifest records) and ``manifest.json``:
-the GPTConfig, the tokenizer's fingerprint, data and seeds, the loss curve, the speed, the SHA-256
-of the weights and the command that made it. ``load_pretrained`` checks both before loading.
+the GPTConfig, the tokenizer's fingerprint, data and seeds, the loss curve, the copy probe, the
+speed, the SHA-256 of the weights and the command that made it. ``load_pretrained`` checks both
+before loading.
 """
 
 from __future__ import annotations
@@ -31,7 +25,7 @@ import os
 import random
 import shlex
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +33,12 @@ import numpy as np
 
 from .. import __version__
 from ..data import (
-    PRETRAIN_DEV_SEED,
-    PRETRAIN_SEED,
-    E2EExample,
     Tokenizer,
+    encode_document,
+    heldout_split,
     load_e2e,
     load_tokenizer,
-    pretraining_documents,
+    reference_groups,
     repo_data_dir,
 )
 from ..engine import default_dtype, functional, get_rng, manual_seed
@@ -96,64 +89,24 @@ def quick_mode() -> bool:
 # ----------------------------------------------------------------------------- data
 
 
-def _tokenized(tokenizer: Tokenizer, texts: Iterable[str]) -> Iterable[list[int]]:
-    return (tokenizer.encode(text) for text in texts)
-
-
 def corpus_windows(
-    data: str, tokenizer: Tokenizer, context_length: int, n_train: int | None, n_dev: int,
-    seed: int = 0, data_dir: str | None = None,
-) -> tuple[PackedWindows, PackedWindows, dict[str, Any]]:
-    """Packed train and held-out windows of a corpus, and a description of where they came from.
-
-    ``n_train`` windows are taken from the synthetic stream (every window of the E2E references
-    when it is None); ``n_dev`` caps the held-out windows.
-    """
+    tokenizer: Tokenizer, context_length: int, n_dev: int, seed: int = 0, data_dir: str | None = None,
+) -> tuple[PackedWindows, PackedWindows, list, dict[str, Any]]:
+    """Packed train and held-out windows of the grouped E2E references, the held-out MRs (for the
+    copy probe) and a description of where the windows came from. ``n_dev`` caps the held-out windows."""
+    corpus_mrs, heldout_mrs = heldout_split(load_e2e("train", data_dir), seed=seed)
+    train_docs = reference_groups(corpus_mrs, random.Random(seed))
+    dev_docs = reference_groups(heldout_mrs, random.Random(seed + 1))
     eos = tokenizer.eos_id
-    if data == "synth":
-        if n_train is None:
-            raise ValueError("corpus_windows: the synthetic stream is endless; give n_train")
-        train = pack_documents(
-            _tokenized(tokenizer, pretraining_documents(PRETRAIN_SEED)), context_length, eos, n_train
-        )
-        dev = pack_documents(
-            _tokenized(tokenizer, pretraining_documents(PRETRAIN_DEV_SEED)), context_length, eos, n_dev
-        )
-        source = {"source": "synth", "train_stream_seed": PRETRAIN_SEED, "dev_stream_seed": PRETRAIN_DEV_SEED}
-    elif data == "e2e":
-        # References are grouped by MR in the files: shuffle them (seeded) before packing.
-        train_refs = [ref for ex in load_e2e("train", data_dir) for ref in ex.refs]
-        dev_refs = [ref for ex in load_e2e("dev", data_dir) for ref in ex.refs]
-        random.Random(seed).shuffle(train_refs)
-        random.Random(seed + 1).shuffle(dev_refs)
-        train = pack_documents(_tokenized(tokenizer, train_refs), context_length, eos, n_train)
-        dev = pack_documents(_tokenized(tokenizer, dev_refs), context_length, eos, n_dev)
-        source = {
-            "source": "e2e", "train_refs": len(train_refs), "dev_refs": len(dev_refs), "shuffle_seed": seed,
-        }
-    elif data == "e2e-grouped":
-        train_docs = reference_groups(load_e2e("train", data_dir), random.Random(seed))
-        dev_docs = reference_groups(load_e2e("dev", data_dir), random.Random(seed + 1))
-        train = pack_documents(_tokenized(tokenizer, train_docs), context_length, eos, n_train)
-        dev = pack_documents(_tokenized(tokenizer, dev_docs), context_length, eos, n_dev)
-        source = {"source": "e2e-grouped", "train_docs": len(train_docs), "dev_docs": len(dev_docs),
-                  "shuffle_seed": seed}
-    else:
-        raise ValueError(f"unknown pretraining data {data!r}; choose synth, e2e or e2e-grouped")
-    return train, dev, {**source, "train_tokens": train.num_tokens, "dev_tokens": dev.num_tokens}
-
-
-def reference_groups(examples: Sequence[E2EExample], rng: random.Random) -> list[str]:
-    """One document per MR: its references in a shuffled order, joined by spaces; the documents
-    are shuffled too. Every description after the first can copy the name and values of the ones
-    before it, as a fine-tuned model must copy them from its MR."""
-    documents = []
-    for example in examples:
-        refs = list(example.refs)
-        rng.shuffle(refs)
-        documents.append(" ".join(refs))
-    rng.shuffle(documents)
-    return documents
+    train = pack_documents((encode_document(tokenizer, d) for d in train_docs), context_length, eos)
+    dev = pack_documents((encode_document(tokenizer, d) for d in dev_docs), context_length, eos, n_dev)
+    info = {
+        "source": "e2e-train-references-grouped-by-mr",
+        "train_mrs": len(corpus_mrs), "train_references": sum(len(ex.refs) for ex in corpus_mrs),
+        "heldout_mrs": len(heldout_mrs), "shuffle_seed": seed,
+        "train_tokens": train.num_tokens, "dev_tokens": dev.num_tokens,
+    }
+    return train, dev, heldout_mrs, info
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -162,7 +115,6 @@ def reference_groups(examples: Sequence[E2EExample], rng: random.Random) -> list
 def pretrain(
     config: GPTConfig,
     out_dir: str | Path,
-    data: str = "synth",
     steps: int = 1000,
     batch_size: int = 16,
     lr: float = 1e-3,
@@ -170,7 +122,7 @@ def pretrain(
     dtype: str = "float16",
     warmup_steps: int | None = None,
     eval_every: int | None = None,
-    dev_windows: int = 64,
+    dev_windows: int = 256,
     patience: int = 5,
     data_dir: str | None = None,
     tokenizer: Tokenizer | None = None,
@@ -181,6 +133,7 @@ def pretrain(
     command: str | None = None,
     size: str | None = None,
     trainer: Callable[..., TrainResult] = train,
+    dropout: float = 0.0,
 ) -> dict[str, Any]:
     """Train a GPT of shape ``config`` from scratch and write ``model.safetensors`` and
     ``manifest.json`` into ``out_dir``; returns the manifest.
@@ -194,20 +147,18 @@ def pretrain(
         raise ValueError(f"pretrain: vocab_size {config.vocab_size} but {tokenizer.vocab_size} token ids")
     if dtype not in ("float16", "float32"):
         raise ValueError(f"pretrain: dtype must be float16 or float32, got {dtype!r}")
-    n_train = steps * batch_size if data == "synth" else None
-    train_windows, dev, data_info = corpus_windows(
-        data, tokenizer, config.context_length, n_train, dev_windows, seed, data_dir
+    train_windows, dev, heldout_mrs, data_info = corpus_windows(
+        tokenizer, config.context_length, dev_windows, seed, data_dir
     )
     eval_every = eval_every or max(1, steps // 20)
     train_config = TrainConfig(
         lr=lr, weight_decay=0.1, betas=(0.9, 0.95), warmup_steps=warmup_steps if warmup_steps is not None
         else steps // 20, schedule="cosine", max_steps=steps, batch_size=batch_size, grad_clip=1.0,
         eval_every=eval_every, checkpoint_every=eval_every if state_dir else 0, checkpoint_dir=state_dir,
-        seed=seed, progress=progress, pad_id=tokenizer.pad_id, keep_best=data != "synth",
-        patience=patience if data != "synth" else None,
+        seed=seed, progress=progress, pad_id=tokenizer.pad_id, keep_best=True, patience=patience,
     )
     manual_seed(seed)
-    model = GPT(config)
+    model = GPT(dataclasses.replace(config, dropout=dropout))
     with functional.use_fused(fused):
         result = trainer(model, train_windows, train_config, eval_examples=dev, resume=resume)
 
@@ -215,7 +166,7 @@ def pretrain(
         stored = {name: p.data.astype(dtype) for name, p in model.named_parameters()}  # type: ignore[arg-type]
         model.load_state_dict(stored)
         dev_loss = mean_loss(model, dev, batch_size, tokenizer.pad_id)
-        copying = name_copy_rate(model, tokenizer, n=200) if data == "synth" else None
+        copying = name_copy_rate(model, tokenizer, heldout_mrs, n=200)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -241,7 +192,7 @@ def pretrain(
         "stopped_early": result.stopped_early,
         "final_train_loss": float(np.mean(result.train_loss[-eval_every:])),
         "dev_loss": dev_loss,
-        "dev_loss_float32": result.best["loss"] if data != "synth" else result.evals[-1]["loss"],
+        "dev_loss_float32": result.best["loss"],
         "loss_curve": _loss_curve(result.train_loss, result.evals),
         "name_copy_rate": copying,
         "seconds": result.seconds,
@@ -308,17 +259,18 @@ def load_pretrained(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=list(SIZES), help="model shape (required)")
-    parser.add_argument("--data", choices=("synth", "e2e", "e2e-grouped"), default="synth",
-                        help="pretraining corpus (e2e-grouped: every reference of an MR in one document)")
     parser.add_argument("--steps", type=int, help="optimizer steps (default per size)")
-    parser.add_argument("--out", help="output folder (default data/checkpoints/<size>)")
+    parser.add_argument("--out", help="output folder (default data/checkpoints/<size>, which needs --force)")
+    parser.add_argument("--force", action="store_true", help="overwrite the shipped checkpoint of --size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, help="windows per batch (default 16)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default per size)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored dtype")
     parser.add_argument("--eval-every", type=int, help="steps between evaluations (default steps/20)")
-    parser.add_argument("--dev-windows", type=int, default=64, help="held-out windows of 128 tokens")
-    parser.add_argument("--data-dir", help="folder with e2e/ (default $TINYPFT_DATA)")
+    parser.add_argument("--dev-windows", type=int, default=256, help="held-out windows of 128 tokens")
+    parser.add_argument("--dropout", type=float, default=0.0, help="dropout while pretraining")
+    parser.add_argument("--patience", type=int, default=5, help="evaluations without gain before stopping")
+    parser.add_argument("--data-dir", help="folder with e2e/ (default $TINYPFT_DATA, else data/e2e)")
     parser.add_argument("--state-dir", help="folder for resumable training checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the --state-dir checkpoint")
     parser.add_argument("--no-fused", action="store_true", help="use the composed reference kernels")
@@ -338,9 +290,15 @@ def run(args: argparse.Namespace) -> int:
     batch_size = args.batch_size or defaults["batch_size"]
     lr = args.lr or defaults["lr"]
     out = Path(args.out) if args.out else checkpoint_dir(args.size)
-    command = ["tinypft", "pretrain", "--size", args.size, "--data", args.data, "--steps", str(steps),
+    shipped = out.resolve() == checkpoint_dir(args.size).resolve()
+    if shipped and (out / MANIFEST_NAME).exists() and not args.force:
+        print(f"tinypft pretrain: {out} holds the shipped {args.size} checkpoint; give --out DIR, or --force "
+              "to replace it", file=sys.stderr)
+        return 2
+    command = ["tinypft", "pretrain", "--size", args.size, "--steps", str(steps),
                "--out", str(out), "--seed", str(args.seed), "--batch-size", str(batch_size), "--lr", str(lr),
-               "--dtype", args.dtype, "--dev-windows", str(dev_windows)]
+               "--dtype", args.dtype, "--dev-windows", str(dev_windows), "--dropout", str(args.dropout),
+               "--patience", str(args.patience)]
     for flag, value in (("--eval-every", args.eval_every), ("--data-dir", args.data_dir),
                         ("--state-dir", args.state_dir)):
         if value is not None:
@@ -350,19 +308,19 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer()
     config = size_config(args.size, tokenizer.vocab_size)
     print(f"pretraining {args.size}: {config.num_parameters():,} parameters, {steps} steps of "
-          f"{batch_size} x {config.context_length} tokens, data {args.data}")
+          f"{batch_size} x {config.context_length} tokens, the E2E training references grouped by MR")
     with num_threads(args.threads):
         manifest = pretrain(
-            config, out, data=args.data, steps=steps, batch_size=batch_size, lr=lr, seed=args.seed,
+            config, out, steps=steps, batch_size=batch_size, lr=lr, seed=args.seed,
             dtype=args.dtype, eval_every=args.eval_every, dev_windows=dev_windows, data_dir=args.data_dir,
             tokenizer=tokenizer, state_dir=args.state_dir, resume=args.resume, progress=not args.no_progress,
             fused=not args.no_fused, command=shlex.join(command), size=args.size,
+            dropout=args.dropout, patience=args.patience,
         )
     megabytes = (out / WEIGHTS_NAME).stat().st_size / 1e6
     print(f"wrote {out / WEIGHTS_NAME} ({megabytes:.2f} MB) and {MANIFEST_NAME}")
     print(f"train loss {manifest['final_train_loss']:.4f}, held-out loss {manifest['dev_loss']:.4f}, "
           f"{manifest['seconds']:.0f} s, {manifest['tokens_per_sec']:,.0f} tokens/s")
-    if manifest["name_copy_rate"] is not None:
-        print(f"copies an unseen venue name when the text calls for it: "
-              f"{manifest['name_copy_rate']['copy_rate']:.0%} of {manifest['name_copy_rate']['n']} probes")
+    print(f"names a made-up venue again in the next description: "
+          f"{manifest['name_copy_rate']['copy_rate']:.0%} of {manifest['name_copy_rate']['n']} probes")
     return 0
