@@ -4,9 +4,12 @@ An E2E meaning representation is a flat list of ``slot[value]`` items, for examp
 
     name[The Vaults], eatType[pub], priceRange[more than £30], customer rating[5 out of 5]
 
-This module parses and formats such strings and lists the 8 E2E slots with the exact
-values that occur in the real E2E training set. The synthetic generator adds made-up
-restaurant names and landmarks, kept in separate lists so that the real inventory stays intact.
+This module parses and formats such strings (and writes an MR as a table,
+``name : The Vaults | eatType : pub``), and lists the 8 E2E slots with the exact values that
+occur in the E2E training set. Made-up venue names and landmarks, which no E2E MR contains,
+are kept in separate lists (``EXTRA_NAMES``, ``EXTRA_NEAR``) so that the real inventory stays
+intact: the copy probe (:mod:`tinypft.train.probes`) and the unseen-entities extrapolation
+split (:func:`tinypft.data.tasks.unseen_entities`) put them in place of the real ones.
 """
 
 from __future__ import annotations
@@ -42,9 +45,12 @@ E2E_SLOTS: dict[str, tuple[str, ...]] = {
 # Slot names in canonical E2E order.
 SLOT_ORDER: tuple[str, ...] = tuple(E2E_SLOTS)
 
-# Made-up venue names and landmarks for the synthetic data. They avoid every word that the
-# lexicon uses to express a slot value (river, centre, café, pub, food words, prices, ratings,
-# family, stars), so a slot detector can never mistake part of a name for a value.
+# Made-up venue names and landmarks that no E2E text contains, for the copy probe
+# (tinypft.train.probes) and the unseen-entities split (tinypft.data.tasks.unseen_entities): a
+# model can write them only by copying them from its input. They avoid
+# every word that the slot detector (tinypft.data.lexicon) reads as a slot value (river, centre,
+# café, pub, food words, prices, ratings, family, stars), so part of a name is never mistaken
+# for a value.
 EXTRA_NAMES: tuple[str, ...] = (
     "The Copper Kettle", "Saffron Garden", "The Lemon Tree", "Blue Heron", "The Red Door",
     "Rosewood", "The Brass Lantern", "Juniper", "The Old Forge", "Little Fig", "The Salt House",
@@ -55,7 +61,7 @@ EXTRA_NAMES: tuple[str, ...] = (
 )
 EXTRA_NEAR: tuple[str, ...] = (
     "the Corn Exchange", "Parker's Piece", "the Botanic Garden", "King's College", "the Guildhall",
-    "Jesus Green", "the Fitzwilliam Museum", "Magdalene Bridge", "the Grand Arcade", "Mill Road",
+    "Jesus Green", "the Fitzwilliam Museum", "Magdalene Bridge", "the Hollow Gate", "Mill Road",
     "the Round Church", "Midsummer Common", "the Leisure Park", "Silver Street",
 )
 
