@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,29 +72,31 @@ def run_showdown(
     checkpoint: str | None = None,
     progress: bool = True,
     command: str | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Run every method for ``seeds`` seeds (0, 1, ...) within ``budget``; returns the showdown
-    record (rows: means over seeds) and, with ``out``, writes showdown.json, .md and .png there."""
+    record (rows: means over seeds) and, with ``out``, writes showdown.json, .md and .png there.
+
+    ``jobs`` > 1 runs that many methods at once, each in a process of its own on one BLAS thread
+    (the runs are independent and each seeds itself, so the numbers do not depend on ``jobs``).
+    """
     if seeds < 1:
         raise ValueError(f"showdown: seeds must be >= 1, got {seeds}")
-    tokenizer = load_tokenizer()
+    if jobs < 1:
+        raise ValueError(f"showdown: jobs must be >= 1, got {jobs}")
     start = time.perf_counter()
-    trained = [m for m in SHOWDOWN_METHODS if m != "frozen"]
-    bar = tqdm(total=seeds * len(trained) * budget.steps, unit="step", disable=not progress, desc="showdown")
-    records = []
-    try:
-        for seed in range(seeds):
-            for method in SHOWDOWN_METHODS:
-                bar.set_description(f"{method} (seed {seed})")
-                settings = FinetuneSettings(
-                    method=method, task="e2e", size=size, checkpoint=checkpoint, seed=seed,
-                    steps=budget.steps, batch_size=budget.batch_size, eval_size=budget.eval_size,
-                    max_new_tokens=budget.max_new_tokens, progress=False,
-                )
-                records.append(run_finetune(settings, splits=budget.splits, tokenizer=tokenizer,
-                                            callback=lambda *_: bar.update(1)))
-    finally:
-        bar.close()
+    plan = [
+        FinetuneSettings(
+            method=method, task="e2e", size=size, checkpoint=checkpoint, seed=seed,
+            steps=budget.steps, batch_size=budget.batch_size, eval_size=budget.eval_size,
+            max_new_tokens=budget.max_new_tokens, progress=False,
+        )
+        for seed in range(seeds) for method in SHOWDOWN_METHODS
+    ]
+    if jobs == 1:
+        records = _run_in_turn(plan, budget, progress)
+    else:
+        records = _run_in_parallel(plan, budget, progress, jobs)
     rows = report.aggregate([report.record_row(r) for r in records])
     result = {
         "command": command,
@@ -114,6 +118,40 @@ def run_showdown(
         report.plot_tradeoff(rows, out / "showdown.png", title=title)
         (out / "showdown.md").write_text(page(result, title))
     return result
+
+
+def _run_in_turn(plan: list[FinetuneSettings], budget: Budget, progress: bool) -> list[dict[str, Any]]:
+    """One run after another in this process, with a progress bar over the training steps."""
+    tokenizer = load_tokenizer()
+    trained = sum(s.method != "frozen" for s in plan)
+    bar = tqdm(total=trained * budget.steps, unit="step", disable=not progress, desc="showdown")
+    records = []
+    try:
+        for settings in plan:
+            bar.set_description(f"{settings.method} (seed {settings.seed})")
+            records.append(run_finetune(settings, splits=budget.splits, tokenizer=tokenizer,
+                                        callback=lambda *_: bar.update(1)))
+    finally:
+        bar.close()
+    return records
+
+
+def _one_run(settings: FinetuneSettings, splits: tuple[str, ...]) -> dict[str, Any]:
+    with num_threads(1):
+        return run_finetune(settings, splits=splits)
+
+
+def _run_in_parallel(plan: list[FinetuneSettings], budget: Budget, progress: bool, jobs: int,
+                     ) -> list[dict[str, Any]]:
+    """``jobs`` worker processes, the longest runs (full fine-tuning) first; records in plan order."""
+    order = sorted(range(len(plan)), key=lambda i: plan[i].method != "full")
+    records: list[dict[str, Any]] = [{} for _ in plan]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_one_run, plan[i], budget.splits): i for i in order}
+        for future in tqdm(as_completed(futures), total=len(plan), unit="run", disable=not progress,
+                           desc=f"showdown ({jobs} processes)"):
+            records[futures[future]] = future.result()
+    return records
 
 
 LEGEND = ("trainable: parameters updated in training (prefix: its MLP too); % of base: of the pretrained "
@@ -160,6 +198,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="seeds per method (0, 1, ...); rows show means")
     parser.add_argument("--out", help="output folder (default runs/showdown or runs/showdown-quick)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS threads (see tinypft.threads)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="methods trained at once, one process each (default 2, one per core)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)  # tests: a checkpoint folder of their own
     parser.add_argument("--test-budget", action="store_true", help=argparse.SUPPRESS)  # tests: a few steps
@@ -171,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/showdown{suffix}")
     command = ["tinypft", "showdown"] + (["--quick"] if args.quick else [])
     command += ["--size", args.size, "--seeds", str(args.seeds), "--out", str(out)]
-    command += ["--threads", str(args.threads)]
+    command += ["--threads", str(args.threads), "--jobs", str(args.jobs)]
     command += (["--checkpoint", args.checkpoint] if args.checkpoint else [])
     command += ["--test-budget"] if args.test_budget else []
     print(f"showdown, {budget.name} budget: {budget.describe()}; must fit in {budget.time_limit}")
@@ -179,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         with num_threads(args.threads):
             result = run_showdown(
                 budget, size=args.size, seeds=args.seeds, out=out, checkpoint=args.checkpoint,
-                progress=not args.no_progress, command=shlex.join(command),
+                progress=not args.no_progress, command=shlex.join(command), jobs=args.jobs,
             )
     except (ValueError, FileNotFoundError) as err:
         print(f"tinypft showdown: {err}", file=sys.stderr)

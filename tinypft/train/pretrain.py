@@ -321,6 +321,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {out / WEIGHTS_NAME} ({megabytes:.2f} MB) and {MANIFEST_NAME}")
     print(f"train loss {manifest['final_train_loss']:.4f}, held-out loss {manifest['dev_loss']:.4f}, "
           f"{manifest['seconds']:.0f} s, {manifest['tokens_per_sec']:,.0f} tokens/s")
-    print(f"names a made-up venue again in the next description: "
-          f"{manifest['name_copy_rate']['copy_rate']:.0%} of {manifest['name_copy_rate']['n']} probes")
+    probe = manifest["name_copy_rate"]
+    print(f"copy probe ({probe['n']} held-out references): the next description names the venue "
+          f"{probe['known_name_rate']:.0%} of the time ({probe['copy_rate']:.0%} when its name is made up) "
+          f"and restates {probe['value_copy_rate']:.0%} of the slot values")
     return 0
