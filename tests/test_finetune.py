@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tinypft.cli import main
-from tinypft.data import load_tokenizer
+from tinypft.data import IGNORE_INDEX, PAIR_SEPARATOR, load_tokenizer
 from tinypft.experiments import FinetuneSettings, run_finetune, sweep_lr
 from tinypft.experiments.finetune import classify, finetune_command, fit, label_token_ids, prepare
 from tinypft.model import GPTConfig
@@ -48,11 +48,15 @@ def test_every_method_and_task_gives_a_complete_record(checkpoint, method, task)
     for key in ("trainable_params", "trainable_pct", "stored_bytes", "stored_floats", "train_seconds",
                 "hyperparameters", "command", "environment", "checkpoint"):
         assert key in record, key
-    metrics = ("bleu", "ser") if task == "e2e" else ("accuracy",)
+    assert record["source"] == "table" and "data" not in record  # the shipped E2E, MRs as tables
+    metrics = ("bleu", "ser", "names_venue", "distinct") if task == "e2e" else ("accuracy",)
+    bounds = {"bleu": 100, "ser": 10, "names_venue": 1, "distinct": 1, "accuracy": 1}
     for split in ("dev", "test"):
         assert record[split]["n"] == 6
         for metric in metrics:
-            assert 0 <= record[split][metric] <= (100 if metric == "bleu" else 10)
+            assert 0 <= record[split][metric] <= bounds[metric], metric
+        if task == "e2e":
+            assert record[split]["distinct"] >= 1 / 6
     assert record["hyperparameters"]["peft_config"]["method"] == method
     d, layers = 32, 1
     if method == "frozen" and task == "e2e":  # the pretrained LM as it is
@@ -90,15 +94,35 @@ def test_peft_methods_leave_the_frozen_weights_bit_identical(checkpoint, method,
         assert changed == []
 
 
-def test_the_table_source_reaches_the_model_and_the_command_line(checkpoint):
-    run = prepare(tiny(checkpoint, "full", source="table"))
-    source_ids = run.data.train[0][0]
-    text = run.tokenizer.decode(source_ids)
+def test_the_mr_is_a_table_unless_source_mr_says_otherwise(checkpoint):
+    run = prepare(tiny(checkpoint, "full"))
+    text = run.tokenizer.decode(run.data.train[0][0])
     assert " : " in text and " | " in text and "[" not in text
-    assert "--source table" in finetune_command(run.settings)
-    assert "--source" not in finetune_command(tiny(checkpoint, "full"))
-    with pytest.raises(ValueError, match="e2e task"):
-        tiny(checkpoint, "full", task="rating", source="table")
+    assert all(" : " in ex.mr and "[" not in ex.mr for ex in run.data.dev + run.data.test)
+    assert "--source" not in finetune_command(run.settings)  # the default
+    as_in_file = prepare(tiny(checkpoint, "full", source="mr"))
+    text = as_in_file.tokenizer.decode(as_in_file.data.train[0][0])
+    assert "[" in text and " : " not in text
+    assert "--source mr" in finetune_command(as_in_file.settings)
+    # the match task writes every MR, positive or negative, in the chosen form
+    for source, opening, other in (("table", " : ", "["), ("mr", "[", " : ")):
+        match = prepare(tiny(checkpoint, "full", task="match", source=source))
+        mrs = [text.split(PAIR_SEPARATOR)[0] for text, _ in match.data.dev + match.data.test]
+        assert {label for _, label in match.data.dev} == {"yes", "no"}
+        assert all(opening in mr and other not in mr for mr in mrs), source
+    with pytest.raises(ValueError, match="source"):
+        tiny(checkpoint, "full", source="triples")
+
+
+def test_label_words_are_scored_by_the_token_training_teaches(checkpoint):
+    for task in ("rating", "match"):
+        run = prepare(tiny(checkpoint, "full", task=task))
+        label_ids = label_token_ids(run.tokenizer, run.data.label_words)
+        assert label_ids == [run.tokenizer.encode_target(word)[0] for word in run.data.label_words]
+        for _, labels in run.data.train[:200]:
+            target = [t for t in labels if t != IGNORE_INDEX]
+            assert target[0] in label_ids and target[-1] == run.tokenizer.eos_id
+            assert run.tokenizer.decode(target[:-1]) in {" " + word for word in run.data.label_words}
 
 
 def test_train_size_counts_mrs_or_pairs(checkpoint):

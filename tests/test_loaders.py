@@ -1,8 +1,12 @@
-"""Tests for the CSV and XML loaders (real-data tests run only when TINYPFT_DATA is set)."""
+"""Tests for the CSV and XML loaders and the shipped E2E data (the WebNLG tests run only when
+TINYPFT_DATA is set: WebNLG is never shipped)."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -11,14 +15,16 @@ from tinypft.data import (
     WEBNLG_SEEN_CATEGORIES,
     WEBNLG_UNSEEN_CATEGORIES,
     E2EExample,
+    e2e_dir,
+    e2e_file,
     flatten_pairs,
     linearize_triples,
     load_e2e,
-    load_synth_e2e,
     load_webnlg,
     read_e2e_csv,
     read_webnlg_xml,
     real_data_dir,
+    repo_data_dir,
     webnlg_pairs,
     write_e2e_csv,
 )
@@ -65,32 +71,126 @@ def test_read_e2e_csv_rejects_bad_files(tmp_path, content, message):
         read_e2e_csv(path)
 
 
-def test_synthetic_loader_reads_every_split():
-    for split, (n_mrs, n_refs) in {"train": (2000, 6000), "dev": (300, 1500), "test": (300, 1500),
-                                   "extrap": (300, 1500)}.items():
-        examples = load_synth_e2e(split)
-        assert len(examples) == n_mrs and len(flatten_pairs(examples)) == n_refs
-    with pytest.raises(ValueError, match="unknown split"):
-        load_synth_e2e("validation")
-
-
 def test_missing_files_give_clear_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("TINYPFT_DATA", raising=False)
     with pytest.raises(FileNotFoundError, match="TINYPFT_DATA"):
-        load_e2e("train")
-    with pytest.raises(FileNotFoundError, match="TINYPFT_DATA"):
-        load_webnlg("dev")
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        load_webnlg("dev")  # WebNLG is never shipped
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere"))):
         real_data_dir(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="trainset.csv"):
-        load_e2e("train", data_dir=tmp_path)  # folder exists, file does not
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nowhere"))):
+        load_e2e("train", data_dir=tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "e2e" / "trainset.csv"))):
+        load_e2e("train", data_dir=tmp_path)  # folder exists, file does not: no fallback to data/e2e
     monkeypatch.setenv("TINYPFT_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="trainset.csv"):
+        load_e2e("train")  # $TINYPFT_DATA is taken at its word, not silently replaced by data/e2e
     with pytest.raises(FileNotFoundError, match="TINYPFT_DATA"):
         load_webnlg("test")
-    with pytest.raises(FileNotFoundError, match="python -m tinypft.data"):
-        load_synth_e2e("train", data_dir=tmp_path)
     with pytest.raises(ValueError, match="unknown split"):
         load_e2e("extrap", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown split"):
+        e2e_file("validation")
+
+
+# --- the shipped E2E data (data/e2e) -----------------------------------------------------------
+
+# SHA-256 of the decompressed CSVs: the files of the E2E NLG Challenge repository, unmodified.
+E2E_SHA256 = {
+    "trainset.csv": "f27d48df45815288ab15619d47a79028c300fbb7f42e373668aba0b98c1d57c6",
+    "devset.csv": "fc26b78cdb849c80545f513b223d1e051138b43882eeb79e3eb153e689c864f9",
+    "testset_w_refs.csv": "edc8db685e39bb9824d5bd70c18b1c9b0412d14b527aa960e2d1c8251ee15ccd",
+}
+E2E_COUNTS = {"train": (42061, 4862), "dev": (4672, 547), "test": (4693, 630)}  # rows, MRs
+
+
+def test_shipped_e2e_files_are_the_original_csvs():
+    folder = repo_data_dir() / "e2e"
+    # Exactly these files: a stray plain CSV would be read instead of its .gz (see e2e_file).
+    expected = {f"{name}.gz" for name in E2E_SHA256} | {"LICENSE.txt", "README.original.md"}
+    assert {p.name for p in folder.iterdir()} == expected
+    for name, digest in E2E_SHA256.items():
+        with gzip.open(folder / f"{name}.gz", "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == digest, name
+    license_text = (folder / "LICENSE.txt").read_text(encoding="utf-8")
+    assert "Attribution-ShareAlike" in license_text and "Novikova" in license_text
+
+
+@pytest.mark.parametrize("split", list(E2E_COUNTS))
+def test_shipped_e2e_loads_with_no_setup(split, monkeypatch):
+    monkeypatch.delenv("TINYPFT_DATA", raising=False)
+    assert e2e_dir() == repo_data_dir() / "e2e"
+    path = e2e_file(split)
+    assert path.parent == repo_data_dir() / "e2e" and path.name.endswith(".csv.gz")
+    examples = load_e2e(split)
+    rows, mrs = E2E_COUNTS[split]
+    assert len(examples) == mrs and len(flatten_pairs(examples)) == rows
+    assert all(3 <= len(ex.slots) <= 8 and "name" in ex.slots and ex.refs for ex in examples)
+    assert examples == read_e2e_csv(path)
+
+
+def test_shipped_e2e_keeps_embedded_newlines(monkeypatch):
+    monkeypatch.delenv("TINYPFT_DATA", raising=False)
+    refs = [ref for _, ref in flatten_pairs(load_e2e("train"))]
+    assert sum("\n" in ref for ref in refs) == 2
+
+
+def _mini_csv(name: str) -> str:
+    return f'mr,ref\n"name[{name}], eatType[pub]",{name} is a pub.\n'
+
+
+def test_tinypft_data_and_data_dir_override_the_shipped_files(tmp_path, monkeypatch):
+    (tmp_path / "e2e").mkdir()
+    (tmp_path / "e2e" / "trainset.csv").write_text(_mini_csv("Env Arms"), encoding="utf-8")
+    other = tmp_path / "other"
+    (other / "e2e").mkdir(parents=True)
+    (other / "e2e" / "trainset.csv").write_text(_mini_csv("Argument Inn"), encoding="utf-8")
+    monkeypatch.setenv("TINYPFT_DATA", str(tmp_path))
+    assert e2e_dir() == tmp_path / "e2e" and e2e_file("train") == tmp_path / "e2e" / "trainset.csv"
+    [example] = load_e2e("train")
+    assert example.slots == {"name": "Env Arms", "eatType": "pub"} and example.refs == ("Env Arms is a pub.",)
+    [example] = load_e2e("train", data_dir=other)  # an explicit folder beats the variable
+    assert example.slots["name"] == "Argument Inn" and e2e_dir(other) == other / "e2e"
+    monkeypatch.setenv("TINYPFT_DATA", "")  # set but empty: as if unset
+    assert e2e_dir() == repo_data_dir() / "e2e"
+
+
+def test_a_plain_csv_wins_over_its_gzip(tmp_path):
+    folder = tmp_path / "e2e"
+    folder.mkdir()
+    with gzip.open(folder / "devset.csv.gz", "wt", encoding="utf-8", newline="") as f:
+        f.write(_mini_csv("Gzip Tavern"))
+    assert e2e_file("dev", tmp_path) == folder / "devset.csv.gz"  # only the .gz: it is read
+    assert load_e2e("dev", tmp_path)[0].slots["name"] == "Gzip Tavern"
+    (folder / "devset.csv").write_text(_mini_csv("Plain Tavern"), encoding="utf-8")
+    assert e2e_file("dev", tmp_path) == folder / "devset.csv"
+    assert [ex.slots["name"] for ex in load_e2e("dev", tmp_path)] == ["Plain Tavern"]
+
+
+def test_a_truncated_or_corrupt_gzip_is_a_value_error_naming_the_file(tmp_path):
+    folder = tmp_path / "e2e"
+    folder.mkdir()
+    shipped = (repo_data_dir() / "e2e" / "devset.csv.gz").read_bytes()
+    path = folder / "devset.csv.gz"
+    path.write_bytes(shipped[: len(shipped) // 2])
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        load_e2e("dev", tmp_path)
+    path.write_bytes(b"this is not gzip data at all\n" * 10)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        read_e2e_csv(path)
+
+
+def test_a_non_utf8_csv_is_a_value_error_naming_the_file(tmp_path):
+    text = 'mr,ref\n"name[Caf\u00e9 Latin], eatType[pub]",Caf\u00e9 Latin is a pub.\n'
+    plain = tmp_path / "latin1.csv"
+    plain.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match=re.escape(str(plain)) + ".*UTF-8"):
+        read_e2e_csv(plain)
+    compressed = tmp_path / "latin1.csv.gz"
+    compressed.write_bytes(gzip.compress(text.encode("latin-1")))
+    with pytest.raises(ValueError, match=re.escape(str(compressed)) + ".*UTF-8"):
+        read_e2e_csv(compressed)
+    plain.write_bytes(text.encode("utf-8"))  # the same text in UTF-8 reads fine
+    assert read_e2e_csv(plain)[0].slots["name"] == "Caf\u00e9 Latin"
 
 
 # --- WebNLG ------------------------------------------------------------------------------------
@@ -142,24 +242,17 @@ def test_load_webnlg_argument_checks(tmp_path):
         load_webnlg("train", data_dir=tmp_path, category_set="unseen")
 
 
-# --- real data (counts from the published datasets) --------------------------------------------
+# --- data from $TINYPFT_DATA (counts from the published datasets) -----------------------------
 
 
 @needs_real_data
-@pytest.mark.parametrize("split, rows, mrs", [
-    ("train", 42061, 4862), ("dev", 4672, 547), ("test", 4693, 630),
-])
-def test_real_e2e_counts(split, rows, mrs):
+@pytest.mark.parametrize("split", list(E2E_COUNTS))
+def test_a_real_e2e_folder_holds_the_shipped_data(split, monkeypatch):
+    if not (Path(REAL_DATA) / "e2e").is_dir():
+        pytest.skip("$TINYPFT_DATA has no e2e/")
     examples = load_e2e(split)
-    assert len(examples) == mrs and len(flatten_pairs(examples)) == rows
-    assert all(3 <= len(ex.slots) <= 8 and "name" in ex.slots for ex in examples)
-    assert examples == load_e2e(split, data_dir=Path(REAL_DATA))
-
-
-@needs_real_data
-def test_real_e2e_keeps_embedded_newlines():
-    refs = [ref for _, ref in flatten_pairs(load_e2e("train"))]
-    assert sum("\n" in ref for ref in refs) == 2
+    monkeypatch.delenv("TINYPFT_DATA")
+    assert examples == load_e2e(split)  # the same MRs and references, in the same order
 
 
 @needs_real_data

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from tinypft.data import load_synth_e2e, load_tokenizer
+from tinypft.data import load_e2e, load_tokenizer
 from tinypft.engine import Tensor
 from tinypft.train.batching import source_ids
-from tinypft.train.metrics import corpus_bleu, evaluate_generation, slot_error_rate
+from tinypft.train.metrics import corpus_bleu, evaluate_generation, names_venue_rate, slot_error_rate
 
 # sacrebleu's own example: two reference streams; BLEU = 48.53 82.4/50.0/45.5/37.5 (BP = 0.943)
 HYPS = ["The dog bit the man.", "It wasn't surprising.", "The man had just bitten him."]
@@ -94,12 +94,36 @@ class ScriptCache:
         return ScriptCache([self.rows[i] for i in rows])
 
 
+def test_names_venue_rate_counts_outputs_that_name_their_own_venue():
+    mrs = [{"name": "The Mill", "food": "Italian"}, {"name": "Zizzi"}, {"name": "The Eagle"},
+           {"food": "French"}]
+    texts = [
+        "The Mill serves Italian food.",  # its own venue
+        "The Mill is a pub.",  # another MR's venue
+        "the eagle is a pub.",  # verbatim only: the case differs
+        "A French place.",  # no name slot: not counted
+    ]
+    assert names_venue_rate(texts, mrs) == pytest.approx(1 / 3)
+    assert names_venue_rate(["Zizzi, Zizzi."], [{"name": "Zizzi"}]) == 1.0
+    assert names_venue_rate(["It is a pub named Zizz."], [{"name": "Zizzi"}]) == 0.0
+    with pytest.raises(ValueError, match="2 texts but 1"):
+        names_venue_rate(texts[:2], mrs[:1])
+    with pytest.raises(ValueError, match="no MR has a name"):
+        names_venue_rate(texts[3:], mrs[3:])
+
+
 def test_evaluate_generation_scores_one_output_per_mr_against_all_its_refs():
     tok = load_tokenizer()
-    examples = load_synth_e2e("dev")[:7]
-    texts = [ex.refs[0] for ex in examples[:4]] + [f"{ex.slots['name']} is a place." for ex in examples[4:]]
-    scripts = {tuple(source_ids(tok, ex.mr)): tok.encode(text) for ex, text in zip(examples, texts)}
+    examples = load_e2e("dev")[::78][:7]  # seven venues
+    assert len({ex.slots["name"] for ex in examples}) == 7
+    texts = [ex.refs[0] for ex in examples[:4]] + [f"{ex.slots['name']} is a place." for ex in examples[4:6]]
+    texts.append(texts[5].replace(examples[5].slots["name"], "It"))  # one output names no venue
+    texts[3] = texts[2]  # and one repeats another MR's output
+    # a model writes a target as running text: with a leading space, which decoding strips
+    scripts = {tuple(source_ids(tok, ex.mr)): tok.encode_target(text) for ex, text in zip(examples, texts)}
     model = ScriptedModel(tok, scripts)
+    names_own_venue = [ex.slots["name"] in text for ex, text in zip(examples, texts)]
+    assert names_own_venue == [True, True, True, False, True, True, False]
     for method in ("greedy", "beam"):
         result = evaluate_generation(model, tok, examples, method=method, max_new_tokens=100, batch_size=3)
         assert result["outputs"] == texts  # decoded, in the order of the examples
@@ -107,8 +131,11 @@ def test_evaluate_generation_scores_one_output_per_mr_against_all_its_refs():
         assert result["bleu"] == pytest.approx(corpus_bleu(texts, [ex.refs for ex in examples]))
         assert result["ser"] == pytest.approx(slot_error_rate(texts, [ex.slots for ex in examples]))
         assert 0 < result["ser"] < 1 and 0 < result["bleu"] < 100
+        assert result["names_venue"] == pytest.approx(5 / 7)
+        assert result["distinct"] == pytest.approx(6 / 7)
         assert result["tokens_per_sec"] > 0
 
     pairs = [(ex.mr, ex.refs) for ex in examples]  # plain (source, refs): BLEU only
     result = evaluate_generation(model, tok, pairs, max_new_tokens=100)
-    assert result["ser"] is None and result["outputs"] == texts
+    assert result["ser"] is None and result["names_venue"] is None and result["outputs"] == texts
+    assert result["distinct"] == pytest.approx(6 / 7)

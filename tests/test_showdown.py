@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from tinypft.cli import main
 from tinypft.data import load_tokenizer
 from tinypft.experiments import BUDGETS, aggregate, format_table, plot_tradeoff
-from tinypft.experiments.showdown import SHOWDOWN_METHODS
+from tinypft.experiments.showdown import SHOWDOWN_METHODS, page, run_showdown, side_by_side
 from tinypft.model import GPTConfig
 from tinypft.train.pretrain import pretrain
 
@@ -43,6 +42,7 @@ def test_quick_showdown_end_to_end(checkpoint, tmp_path: Path, capsys):
     assert result["budget"]["steps"] == BUDGETS["test"].steps and result["budget"]["description"]
     assert result["environment"]["numpy"] and result["wall_seconds"] > 0
     assert result["environment"]["blas_threads"] == 1 and "--threads 1" in result["command"]  # the default
+    assert "--jobs 2" in result["command"]  # the default: two methods at once, one process each
     assert [row["method"] for row in result["rows"]] == list(SHOWDOWN_METHODS)
     assert len(result["runs"]) == 2 * len(SHOWDOWN_METHODS)
     rows = {row["method"]: row for row in result["rows"]}
@@ -55,6 +55,22 @@ def test_quick_showdown_end_to_end(checkpoint, tmp_path: Path, capsys):
     for run in result["runs"]:
         assert run["test"]["n"] == BUDGETS["test"].eval_size
         assert run["hyperparameters"]["settings"]["steps"] == BUDGETS["test"].steps
+        assert run["source"] == "table" and "data" not in run  # the MR as a table, on the shipped E2E
+        for split in ("dev", "test"):
+            assert 0.0 <= run[split]["names_venue"] <= 1.0
+            assert run[split]["distinct"] in {k / run[split]["n"] for k in range(1, run[split]["n"] + 1)}
+    assert result["runs"][1]["train_units"] == 4862  # every MR of the E2E training set
+    for row in rows.values():
+        assert row["dev_names_venue"] is not None and row["test_names_venue"] is not None
+    assert "dev names venue" in result["table"] and "names venue:" in page
+    # one dev output of every method, for the same MR, in the JSON, on the page and on the screen
+    samples = result["samples"]
+    assert [s["method"] for s in samples] == list(SHOWDOWN_METHODS)
+    assert len({s["source"] for s in samples}) == 1 and " : " in samples[0]["source"]
+    assert f"> {samples[0]['source']}" in page
+    for sample in samples:
+        assert f"| {sample['method']} | {sample['output'].replace('|', '/')} |" in page
+        assert f"{sample['method']:>7}: {sample['output']}" in printed
 
 
 def test_aggregate_means_over_seeds_and_the_table_shows_the_spread(tmp_path: Path):
@@ -75,13 +91,57 @@ def test_aggregate_means_over_seeds_and_the_table_shows_the_spread(tmp_path: Pat
     assert plot_tradeoff(merged, tmp_path / "plot.png").read_bytes()[:8] == PNG_MAGIC
 
 
-@pytest.mark.skipif(not os.environ.get("TINYPFT_DATA"), reason="TINYPFT_DATA is not set")
-def test_showdown_on_the_real_e2e_data(checkpoint, tmp_path: Path):
-    out = tmp_path / "real"
-    args = ["showdown", "--test-budget", "--data", "e2e", "--size", "tiny", "--checkpoint", checkpoint,
-            "--out", str(out), "--no-progress"]
-    assert main(args) == 0
-    result = json.loads((out / "showdown.json").read_text())
-    assert result["data"] == "e2e" and "--data e2e" in result["command"]
-    assert all(run["data"] == "e2e" for run in result["runs"])
-    assert result["runs"][1]["train_units"] == 4862  # the real training set's MRs, not the synthetic ones
+def test_parallel_processes_give_the_same_numbers(checkpoint):
+    def numbers(result: dict) -> tuple:
+        timeless = [{k: v for k, v in row.items() if "seconds" not in k} for row in result["rows"]]
+        runs = [(run["method"], run["seed"], {split: {k: v for k, v in run[split].items()
+                                                       if "seconds" not in k and "per_sec" not in k}
+                                              for split in ("dev", "test")})
+                for run in result["runs"]]
+        return timeless, runs, result["samples"]
+
+    budget = BUDGETS["test"]
+    in_turn = run_showdown(budget, size="tiny", seeds=2, checkpoint=checkpoint, progress=False, jobs=1)
+    parallel = run_showdown(budget, size="tiny", seeds=2, checkpoint=checkpoint, progress=False, jobs=3)
+    assert numbers(in_turn) == numbers(parallel)
+    assert [(r["method"], r["seed"]) for r in parallel["runs"]] == [
+        (m, seed) for seed in (0, 1) for m in SHOWDOWN_METHODS]  # in plan order, whatever finished first
+    with pytest.raises(ValueError, match="jobs"):
+        run_showdown(budget, size="tiny", checkpoint=checkpoint, jobs=0)
+
+
+def test_the_quick_budget_scores_dev_only_and_the_data_option_is_gone(capsys):
+    quick = BUDGETS["quick"]
+    assert quick.splits == ("dev",) and BUDGETS["default"].splits == ("dev", "test")
+    assert "50 dev MRs" in quick.describe() and "test" not in quick.describe()
+    assert main(["showdown", "--quick", "--data", "e2e"]) == 2  # one dataset: E2E, shipped
+    assert "--data" in capsys.readouterr().err
+
+
+def test_dev_only_rows_still_make_a_plot_and_the_names_column(tmp_path: Path):
+    rows = [
+        {"method": "frozen", "trainable_params": 0, "trainable_pct": 0.0, "stored_bytes": 0,
+         "dev_bleu": 3.0, "dev_ser": 0.9, "dev_names_venue": 0.03, "train_seconds": 0.0},
+        {"method": "prefix", "trainable_params": 500, "trainable_pct": 0.5, "stored_bytes": 2000,
+         "dev_bleu": 30.0, "dev_ser": 0.2, "dev_names_venue": 0.96, "train_seconds": 2.0},
+    ]
+    assert plot_tradeoff(rows, tmp_path / "dev.png").read_bytes()[:8] == PNG_MAGIC
+    table = format_table(rows).splitlines()
+    assert "dev names venue" in table[0] and "test" not in table[0]
+    assert "0.03" in table[2] and "0.96" in table[3]
+
+
+def test_side_by_side_takes_each_methods_first_dev_output():
+    def record(method: str, output: str) -> dict:
+        return {"method": method, "dev": {"samples": [{"source": "name : A", "output": output},
+                                                      {"source": "name : B", "output": "other"}]}}
+
+    records = [record("frozen", "A  is\na pub."), record("full", "A | B"), record("frozen", "seed 1")]
+    samples = side_by_side(records + [{"method": "prompt", "dev": None}])
+    assert samples == [{"method": "frozen", "source": "name : A", "output": "A is a pub."},
+                       {"method": "full", "source": "name : A", "output": "A | B"}]
+    result = {"eval_note": "", "command": "tinypft showdown", "budget": {"description": "d"}, "seeds": [0],
+              "wall_seconds": 1.0, "table": "T", "samples": samples}
+    text = page(result, "title")
+    assert "> name : A" in text and "| full | A / B |" in text and "| frozen | A is a pub. |" in text
+    assert "One dev MR" not in page(result | {"samples": []}, "title")

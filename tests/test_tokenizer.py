@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import time
 
@@ -17,11 +16,13 @@ from tinypft.data import (
     Tokenizer,
     TokenizerFormatError,
     flatten_pairs,
+    linearize_table,
     load_e2e,
-    load_synth_e2e,
     load_tokenizer,
+    parse_mr,
     repo_data_dir,
 )
+from tinypft.data.build import DEFAULT_VOCAB_SIZE, build_tokenizer, tokenizer_training_texts
 
 CORPUS = [
     "The Eagle is a cheap pub near Burger King. It serves French food.",
@@ -112,11 +113,18 @@ def test_bos_eos_and_decode_skip_special(small):
 
 def test_encode_pair_masks_bos_source_and_sep(small):
     ids, labels = small.encode_pair("name[The Eagle]", "The Eagle is a pub.")
-    source, target = small.encode("name[The Eagle]"), small.encode("The Eagle is a pub.")
+    source, target = small.encode("name[The Eagle]"), small.encode(" The Eagle is a pub.")
     assert ids == [small.bos_id, *source, small.sep_id, *target, small.eos_id]
     assert len(labels) == len(ids)
     assert labels[: len(source) + 2] == [IGNORE_INDEX] * (len(source) + 2)
     assert labels[len(source) + 2 :] == [*target, small.eos_id]
+
+
+def test_a_target_is_encoded_as_running_text(small):
+    assert small.encode_target("The Eagle is a pub.") == small.encode(" The Eagle is a pub.")
+    assert small.decode(small.encode_target("low")) == " low"
+    assert small.encode_target("") == small.encode(" ")
+    assert small.encode_target("Eagle") == small.encode(" Eagle") and len(small.encode(" Eagle")) == 1
 
 
 def test_decode_rejects_unknown_ids_and_encode_rejects_non_text(small):
@@ -186,20 +194,32 @@ def test_load_tokenizer_default_and_explicit_path(shipped, tmp_path):
         load_tokenizer(tmp_path / "missing.json")
 
 
-def test_synthetic_examples_are_short_and_encoding_is_fast(shipped):
-    pairs = flatten_pairs(load_synth_e2e("train")) + flatten_pairs(load_synth_e2e("test"))
+def test_e2e_examples_are_short_and_encoding_is_fast(shipped):
+    pairs = flatten_pairs(load_e2e("dev")) + flatten_pairs(load_e2e("test"))
     fresh = Tokenizer.from_dict(shipped.to_dict())  # empty word cache
     start = time.perf_counter()
     lengths = [len(fresh.encode_pair(mr, ref)[0]) for mr, ref in pairs]
     elapsed = time.perf_counter() - start
     assert statistics.mean(lengths) <= 80
     assert len(pairs) / elapsed > 1000  # examples per second, cold cache
-
-
-def test_real_e2e_dev_examples_are_short(shipped):
-    if not os.environ.get("TINYPFT_DATA"):
-        pytest.skip("TINYPFT_DATA is not set")
-    pairs = flatten_pairs(load_e2e("dev"))
-    lengths = [len(shipped.encode_pair(mr, ref)[0]) for mr, ref in pairs]
-    assert statistics.mean(lengths) <= 80
+    tables = [len(shipped.encode_pair(linearize_table(parse_mr(mr)), ref)[0]) for mr, ref in pairs]
+    assert statistics.mean(tables) <= 80  # the MR as a table, as fine-tuning writes it
     assert all(shipped.decode(shipped.encode(ref)) == ref for _, ref in pairs)
+
+
+def test_the_shipped_tokenizer_is_what_the_build_makes(shipped, tmp_path, monkeypatch):
+    """data/tokenizer.json is exactly what ``python -m tinypft.data`` trains on the shipped E2E
+    training split, so nothing outside the repository went into it."""
+    monkeypatch.delenv("TINYPFT_DATA", raising=False)
+    path = build_tokenizer(tmp_path, vocab_size=DEFAULT_VOCAB_SIZE)
+    assert path == tmp_path / "tokenizer.json"
+    rebuilt = Tokenizer.load(path)
+    assert rebuilt.fingerprint() == shipped.fingerprint()
+    assert rebuilt.vocab_size == shipped.vocab_size == DEFAULT_VOCAB_SIZE
+
+
+def test_tokenizer_training_texts_are_the_training_references_and_tables():
+    train = load_e2e("train")[:3]
+    texts = tokenizer_training_texts(train)
+    refs = [ref for ex in train for ref in ex.refs]
+    assert texts == [" " + ref for ref in refs] + [linearize_table(ex.slots) for ex in train]

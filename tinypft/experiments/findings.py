@@ -662,12 +662,12 @@ def constant_answer_note(rows: Sequence[Row], summary: Summary, ctx: Context) ->
     for row in rows:
         s = summary[row.label]
         same = [label for label in dev if all(abs(v - dev[label]) < 1e-9 for v in s["dev_accuracy"].values)
-                and all(abs(v - test[label]) < 1e-9 for v in s["test_accuracy"].values)]
+                and all(abs(v - test.get(label, 0.0)) < 1e-9 for v in s["test_accuracy"].values)]
         if same:
             constant.append(f"{row.label} (\"{same[0]}\")")
     if not constant:
         return []
-    shares = ", ".join(f"{label} {dev[label]:.3f} / {test[label]:.3f}" for label in dev)
+    shares = ", ".join(f"{label} {dev[label]:.3f} / {test.get(label, 0.0):.3f}" for label in dev)
     every = ""
     if len(constant) == len(rows):
         every = " Every row does: the verdicts above compare constant answers and are no evidence either way."

@@ -291,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
     lr = args.lr or defaults["lr"]
     out = Path(args.out) if args.out else checkpoint_dir(args.size)
     shipped = out.resolve() == checkpoint_dir(args.size).resolve()
-    if shipped and (out / MANIFEST_NAME).exists() and not args.force:
+    if shipped and (checkpoint_dir(args.size) / MANIFEST_NAME).exists() and not args.force:
         print(f"tinypft pretrain: {out} holds the shipped {args.size} checkpoint; give --out DIR, or --force "
               "to replace it", file=sys.stderr)
         return 2
