@@ -59,7 +59,7 @@ class Budget:
 
 BUDGETS: dict[str, Budget] = {
     "quick": Budget("quick", steps=250, eval_size=50, time_limit="2 minutes on 2 CPU cores", splits=("dev",)),
-    "default": Budget("default", steps=2000, eval_size=None, time_limit="15 minutes on 2 CPU cores"),
+    "default": Budget("default", steps=3000, eval_size=None, time_limit="15 minutes on 2 CPU cores"),
     "test": Budget("test", steps=3, eval_size=3, max_new_tokens=6, time_limit="seconds (tests only)"),
 }
 
