@@ -28,11 +28,11 @@ a far larger learning rate than the rest, and full fine-tuning the smallest.
 
 On ``rating`` (300 steps, 300 dev examples): full 0.987 (1e-3), BitFit 0.980 (1e-1), prompt 0.983
 (1e-1, P 32, class-label init), the frozen model's linear probe 0.503 (3e-2). Prefix-tuning
-through its MLP needs a far smaller rate there: at 1e-3, 1e-2 and 3e-2 it reached 0.413, 0.363 and 0.327 with the training loss stuck at the
-label prior's (0.56 over the label and eos), i.e. it answered without reading the reference,
-while 1e-4 and 3e-4 reached 0.977 and 0.987 (a directly optimized prefix: 0.967 at 1e-2).
-A likely reason: every step of AdamW moves each of the MLP's 590k weights by about lr, and so the
-prefix's keys and values by far more than one weight's step.
+through its MLP needs a far smaller rate there: at 1e-3, 1e-2 and 3e-2 it reached 0.413, 0.363
+and 0.327, its training loss stuck at the label prior's (0.56 over the label and eos): it answered
+without reading the reference. At 1e-4 and 3e-4 it reached 0.977 and 0.987 (a directly optimized
+prefix: 0.967 at 1e-2). A likely reason: every step of AdamW moves each of the MLP's 590k weights
+by about lr, and so the prefix's keys and values by far more than one weight's step.
 
 random_subset takes BitFit's rates without a sweep of its own: AdamW moves every trained scalar by
 about lr per step whatever its gradient's scale, so at the same rate the control differs from
