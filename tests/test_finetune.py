@@ -15,11 +15,13 @@ from tinypft.cli import main
 from tinypft.data import IGNORE_INDEX, PAIR_SEPARATOR, load_tokenizer
 from tinypft.experiments import FinetuneSettings, run_finetune, sweep_lr
 from tinypft.experiments.finetune import classify, finetune_command, fit, label_token_ids, prepare
+from tinypft.experiments.methods import get_method
 from tinypft.model import GPTConfig
 from tinypft.peft import load_adapter
 from tinypft.train.pretrain import load_pretrained, pretrain
 
 METHODS = ("full", "frozen", "bitfit", "prefix", "prompt")
+PROMPT_LENGTH = get_method("prompt").num_virtual_tokens  # the prompt's default P
 TASKS = ("e2e", "rating", "match")
 
 
@@ -72,7 +74,7 @@ def test_every_method_and_task_gives_a_complete_record(checkpoint, method, task)
         biases = layers * (4 * d + 4 * d + d + 2 * d) + d
         assert record["trainable_params"] == record["stored_floats"] == biases
     if method == "prompt":
-        assert record["trainable_params"] == record["stored_floats"] == 16 * d
+        assert record["trainable_params"] == record["stored_floats"] == PROMPT_LENGTH * d
     if method == "prefix":  # trained through the MLP, stored as the baked prefix (P, 2 L d)
         assert record["stored_floats"] == 10 * 2 * layers * d < record["trainable_params"]
     if method == "full":
@@ -123,6 +125,16 @@ def test_label_words_are_scored_by_the_token_training_teaches(checkpoint):
             target = [t for t in labels if t != IGNORE_INDEX]
             assert target[0] in label_ids and target[-1] == run.tokenizer.eos_id
             assert run.tokenizer.decode(target[:-1]) in {" " + word for word in run.data.label_words}
+
+
+def test_class_label_prompt_starts_from_the_tokens_the_model_answers_with(checkpoint):
+    run = prepare(tiny(checkpoint, "prompt", task="rating", init="class_labels"))
+    answers = label_token_ids(run.tokenizer, run.data.label_words)  # " low", " average", " high"
+    prompt = run.model.soft_prompt.weight.data  # (P, d)
+    wte = run.model.base_model.wte.weight.data  # (V, d)
+    for i, token in enumerate(answers):  # class labels are single tokens here, tiled over P
+        np.testing.assert_array_equal(prompt[i], wte[token])
+    assert [run.tokenizer.encode(w)[0] for w in run.data.label_words] != answers  # without the space: others
 
 
 def test_train_size_counts_mrs_or_pairs(checkpoint):
@@ -184,7 +196,7 @@ def test_finetune_command_writes_the_record_and_a_loadable_adapter(checkpoint, t
     assert printed["test"] == saved["test"] and saved["method"] == "prompt"
     assert saved["stored_bytes"] == sum(f.stat().st_size for f in (out / "adapter").iterdir())
     base, _ = load_pretrained("tiny", checkpoint)
-    assert load_adapter(base, out / "adapter").num_virtual_tokens == 16
+    assert load_adapter(base, out / "adapter").num_virtual_tokens == PROMPT_LENGTH
     for wrong, message in ((["--init", "uniform"], "--init is for prefix and prompt"),
                            (["--mode", "infix"], "options of the prefix method")):
         assert main(["finetune", "--method", "bitfit", "--size", "tiny", "--checkpoint", checkpoint,

@@ -147,11 +147,14 @@ def peft_config(
     init = init or (spec.classification_init if classification else spec.generation_init)
     if init == "class_labels" and not label_words:
         raise ValueError("the class_labels init needs a classification task (it has label words)")
+    if init == "class_labels" and tokenizer is None:
+        raise ValueError("the class_labels init needs the tokenizer (to encode the label words as targets)")
     return PromptTuningConfig(
         num_virtual_tokens=length,
         init=init,
         init_text=init_text,
-        class_labels=list(label_words) if init == "class_labels" else None,
+        # the label words as the model answers with them: as targets, with their leading space
+        class_labels=[tokenizer.encode_target(w) for w in label_words] if init == "class_labels" else None,
         tokenizer=tokenizer,
         token_counts=token_counts,
     )
