@@ -47,7 +47,7 @@ COMMANDS: dict[str, Command] = {
         trains=True,
     ),
     "showdown": Command(
-        "tinypft.experiments.showdown", "compare every method on synthetic E2E: table, JSON and plot",
+        "tinypft.experiments.showdown", "compare every method on E2E: table, JSON, plot and one output each",
         trains=True,
     ),
     "findings": Command(

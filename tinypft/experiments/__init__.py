@@ -1,7 +1,7 @@
 """Experiments: fine-tune with one method and measure it, or compare every method at once.
 
     finetune.py   ``tinypft finetune``: one method on one task (e2e, rating, match) -> one record
-    showdown.py   ``tinypft showdown``: every method on synthetic E2E within a time budget
+    showdown.py   ``tinypft showdown``: every method on E2E within a time budget
     methods.py    the methods and their default hyperparameters
     report.py     table rows, means over seeds, the text table, JSON and the trade-off plot
 
