@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import __version__
 from ..data import (
+    E2EExample,
     Tokenizer,
     encode_document,
     heldout_split,
@@ -91,7 +92,7 @@ def quick_mode() -> bool:
 
 def corpus_windows(
     tokenizer: Tokenizer, context_length: int, n_dev: int, seed: int = 0, data_dir: str | None = None,
-) -> tuple[PackedWindows, PackedWindows, list, dict[str, Any]]:
+) -> tuple[PackedWindows, PackedWindows, list[E2EExample], dict[str, Any]]:
     """Packed train and held-out windows of the grouped E2E references, the held-out MRs (for the
     copy probe) and a description of where the windows came from. ``n_dev`` caps the held-out windows."""
     corpus_mrs, heldout_mrs = heldout_split(load_e2e("train", data_dir), seed=seed)
