@@ -15,13 +15,14 @@ from tinypft.cli import main
 from tinypft.data import IGNORE_INDEX, PAIR_SEPARATOR, load_tokenizer
 from tinypft.experiments import FinetuneSettings, run_finetune, sweep_lr
 from tinypft.experiments.finetune import classify, finetune_command, fit, label_token_ids, prepare
-from tinypft.experiments.methods import get_method
+from tinypft.experiments.methods import DEFAULTS, method_defaults
 from tinypft.model import GPTConfig
-from tinypft.peft import load_adapter
+from tinypft.peft import PeftModel
+from tinypft.peft.mapping import method_names
 from tinypft.train.pretrain import load_pretrained, pretrain
 
 METHODS = ("full", "frozen", "bitfit", "prefix", "prompt")
-PROMPT_LENGTH = get_method("prompt").num_virtual_tokens  # the prompt's default P
+PROMPT_LENGTH = method_defaults("prompt").num_virtual_tokens  # the prompt's default P
 TASKS = ("e2e", "rating", "match")
 
 
@@ -41,6 +42,12 @@ def tiny(checkpoint: str, method: str, task: str = "e2e", **overrides) -> Finetu
     values = dict(method=method, task=task, size="tiny", checkpoint=checkpoint, steps=3, eval_size=6,
                   max_new_tokens=4, prefix_hidden=16 if method == "prefix" else None, progress=False)
     return FinetuneSettings(**(values | overrides))
+
+
+def test_every_registered_method_has_experiment_defaults():
+    assert list(DEFAULTS) == method_names()
+    with pytest.raises(ValueError, match="unknown fine-tuning method 'lora'"):
+        method_defaults("lora")
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -196,7 +203,7 @@ def test_finetune_command_writes_the_record_and_a_loadable_adapter(checkpoint, t
     assert printed["test"] == saved["test"] and saved["method"] == "prompt"
     assert saved["stored_bytes"] == sum(f.stat().st_size for f in (out / "adapter").iterdir())
     base, _ = load_pretrained("tiny", checkpoint)
-    assert load_adapter(base, out / "adapter").num_virtual_tokens == PROMPT_LENGTH
+    assert PeftModel.from_pretrained(base, out / "adapter").num_virtual_tokens == PROMPT_LENGTH
     for wrong, message in ((["--init", "uniform"], "--init is for prefix and prompt"),
                            (["--mode", "infix"], "options of the prefix method")):
         assert main(["finetune", "--method", "bitfit", "--size", "tiny", "--checkpoint", checkpoint,

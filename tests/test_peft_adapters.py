@@ -14,11 +14,11 @@ from tinypft.peft import (
     BitFitConfig,
     FrozenConfig,
     FullFinetuneConfig,
+    PeftModel,
     PrefixTuningConfig,
     PromptTuningConfig,
     adapter_bytes,
     get_peft_model,
-    load_adapter,
 )
 
 IDS = np.random.default_rng(0).integers(0, 16, (2, 5))
@@ -50,7 +50,7 @@ def test_save_and_load_reproduce_the_model_and_store_only_trained_tensors(name, 
     perturb_adapter(peft_model)
     out = peft_model(IDS)
     expected = out.cls_logits.data if head else out.logits.data
-    peft_model.save_adapter(tmp_path)
+    peft_model.save_pretrained(tmp_path)
 
     stored = load_tensors(tmp_path / "adapter_model.safetensors")
     trained = {n for n, p in peft_model.named_parameters() if p.requires_grad}
@@ -64,12 +64,12 @@ def test_save_and_load_reproduce_the_model_and_store_only_trained_tensors(name, 
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
 
-    loaded = load_adapter(tiny_model(head=head), tmp_path)
+    loaded = PeftModel.from_pretrained(tiny_model(head=head), tmp_path)
     assert type(loaded) is type(peft_model)
     out = loaded(IDS)
     np.testing.assert_array_equal(out.cls_logits.data if head else out.logits.data, expected)
     assert loaded.get_nb_trainable_parameters()[0] == 0  # loaded for inference
-    trainable_again = load_adapter(tiny_model(head=head), tmp_path, is_trainable=True)
+    trainable_again = PeftModel.from_pretrained(tiny_model(head=head), tmp_path, is_trainable=True)
     assert trainable_again.get_nb_trainable_parameters()[0] == sum(a.size for a in stored.values())
 
 
@@ -79,7 +79,7 @@ def test_a_reparameterized_prefix_is_saved_merged_unless_training_will_resume(tm
     perturb_adapter(peft_model)
     expected = peft_model(IDS).logits.data
 
-    peft_model.save_adapter(tmp_path / "inference")
+    peft_model.save_pretrained(tmp_path / "inference")
     stored = load_tensors(tmp_path / "inference" / "adapter_model.safetensors")
     assert {n: a.shape for n, a in stored.items()} == {
         "prefix_encoder.prefix": (P, d2L)
@@ -89,14 +89,14 @@ def test_a_reparameterized_prefix_is_saved_merged_unless_training_will_resume(tm
     assert size.tensor_file_bytes == (tmp_path / "inference" / "adapter_model.safetensors").stat().st_size
     assert 96 * 8 < size.tensor_file_bytes < 96 * 8 + 200  # float64 data + a small header
     assert peft_model.stored_bytes_per_task() == size
-    loaded = load_adapter(tiny_model(), tmp_path / "inference")
+    loaded = PeftModel.from_pretrained(tiny_model(), tmp_path / "inference")
     assert not loaded.prefix_encoder.reparameterized
     np.testing.assert_allclose(loaded(IDS).logits.data, expected, rtol=1e-12, atol=1e-12)
 
-    peft_model.save_adapter(tmp_path / "resume", include_reparam=True)
+    peft_model.save_pretrained(tmp_path / "resume", include_reparam=True)
     record = json.loads((tmp_path / "resume" / "adapter_config.json").read_text())
     assert record["inference_mode"] is False
-    resumed = load_adapter(tiny_model(), tmp_path / "resume", is_trainable=True)
+    resumed = PeftModel.from_pretrained(tiny_model(), tmp_path / "resume", is_trainable=True)
     assert resumed.prefix_encoder.reparameterized
     assert set(resumed.adapter_parameters()) == {
         "prefix_encoder.embedding.weight",
@@ -112,9 +112,9 @@ def test_a_reparameterized_prefix_is_saved_merged_unless_training_will_resume(tm
 def test_bitfit_loading_writes_the_biases_into_the_base_model(tmp_path):
     peft_model = get_peft_model(tiny_model(), BitFitConfig(components=("q",)))
     perturb_adapter(peft_model)
-    peft_model.save_adapter(tmp_path)
+    peft_model.save_pretrained(tmp_path)
     fresh = tiny_model()
-    load_adapter(fresh, tmp_path)
+    PeftModel.from_pretrained(fresh, tmp_path)
     np.testing.assert_array_equal(
         fresh.blocks[1].attn.q_proj.bias.data, peft_model.base_model.blocks[1].attn.q_proj.bias.data
     )
@@ -122,42 +122,41 @@ def test_bitfit_loading_writes_the_biases_into_the_base_model(tmp_path):
 
 def test_another_base_model_is_refused_with_the_reason(tmp_path):
     peft_model = get_peft_model(tiny_model(), PromptTuningConfig(num_virtual_tokens=3))
-    peft_model.save_adapter(tmp_path)
+    peft_model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="frozen weights differ"):
-        load_adapter(tiny_model(seed=5), tmp_path)
+        PeftModel.from_pretrained(tiny_model(seed=5), tmp_path)
     with pytest.raises(
         ValueError, match=r"config differs \(d_ff: adapter 32 vs model 48; d_model: adapter 8 vs model 12\)"
     ):
-        load_adapter(tiny_model(d_model=12), tmp_path)
+        PeftModel.from_pretrained(tiny_model(d_model=12), tmp_path)
     with pytest.raises(ValueError, match=r"parameters differ: extra \['cls_head.bias', 'cls_head.weight'\]"):
-        load_adapter(tiny_model(head=True), tmp_path)
+        PeftModel.from_pretrained(tiny_model(head=True), tmp_path)
     refused = tiny_model(seed=5)
     with pytest.raises(ValueError):
-        load_adapter(refused, tmp_path)
+        PeftModel.from_pretrained(refused, tmp_path)
     assert all(p.requires_grad for p in refused.parameters())  # a refused model is left as it was
 
     # BitFit's biases are the adapter: other biases on the same frozen weights are fine
     bitfit = get_peft_model(tiny_model(), BitFitConfig())
-    bitfit.save_adapter(tmp_path / "bitfit")
+    bitfit.save_pretrained(tmp_path / "bitfit")
     other_biases = tiny_model()
     other_biases.blocks[0].attn.q_proj.bias.data += 1.0
-    load_adapter(other_biases, tmp_path / "bitfit")
+    PeftModel.from_pretrained(other_biases, tmp_path / "bitfit")
     other_weights = tiny_model()
     other_weights.blocks[0].attn.q_proj.weight.data[0, 0] += 1e-9
     with pytest.raises(ValueError, match="frozen weights differ"):
-        load_adapter(other_weights, tmp_path / "bitfit")
+        PeftModel.from_pretrained(other_weights, tmp_path / "bitfit")
 
 
 def test_a_tensor_file_from_another_save_is_detected(tmp_path):
-    get_peft_model(tiny_model(), PromptTuningConfig(num_virtual_tokens=3)).save_adapter(tmp_path / "a")
-    get_peft_model(tiny_model(), PromptTuningConfig(num_virtual_tokens=3, init="random_normal")).save_adapter(
-        tmp_path / "b"
-    )
+    get_peft_model(tiny_model(), PromptTuningConfig(num_virtual_tokens=3)).save_pretrained(tmp_path / "a")
+    other = get_peft_model(tiny_model(), PromptTuningConfig(num_virtual_tokens=3, init="random_normal"))
+    other.save_pretrained(tmp_path / "b")
     (tmp_path / "a" / "adapter_model.safetensors").write_bytes(
         (tmp_path / "b" / "adapter_model.safetensors").read_bytes()
     )
     with pytest.raises(ValueError, match="does not belong"):
-        load_adapter(tiny_model(), tmp_path / "a")
+        PeftModel.from_pretrained(tiny_model(), tmp_path / "a")
 
 
 def test_bytes_per_task_on_a_d128_model(tmp_path, measurements):

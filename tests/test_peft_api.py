@@ -16,6 +16,7 @@ from tinypft.peft import (
     PeftModel,
     PrefixTuningConfig,
     PromptTuningConfig,
+    RandomSubsetConfig,
     config_from_dict,
     get_peft_model,
 )
@@ -32,6 +33,8 @@ METHODS = {
     "infix": PrefixTuningConfig(num_virtual_tokens=2, prefix_projection=False, mode="infix"),
     "embedding_only": PrefixTuningConfig(num_virtual_tokens=3, encoder_hidden_size=5, mode="embedding_only"),
     "prompt": PromptTuningConfig(num_virtual_tokens=3),
+    "random_subset": RandomSubsetConfig(),
+    "random_subset_200": RandomSubsetConfig(num_params=200, include_head=False),
 }
 VIRTUAL = ["prefix_mlp", "prefix_direct", "embedding_only", "prompt"]
 

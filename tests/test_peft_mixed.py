@@ -10,10 +10,10 @@ from tinypft.model import GPT
 from tinypft.peft import (
     BitFitConfig,
     MixedTaskModel,
+    PeftModel,
     PrefixTuningConfig,
     PromptTuningConfig,
     get_peft_model,
-    load_adapter,
 )
 
 
@@ -100,9 +100,10 @@ def test_greedy_generation_from_the_mixed_cache_matches_each_task_alone(tasks):
 def test_an_adapter_loaded_onto_an_identical_copy_can_join(tmp_path):
     model = tiny_model()
     adapters = adapters_for(model)
-    adapters["prefix4"].save_adapter(tmp_path / "prefix4")
+    adapters["prefix4"].save_pretrained(tmp_path / "prefix4")
     copy = tiny_model()
-    mixed = MixedTaskModel(model, {"a": adapters["prompt3"], "b": load_adapter(copy, tmp_path / "prefix4")})
+    loaded = PeftModel.from_pretrained(copy, tmp_path / "prefix4")
+    mixed = MixedTaskModel(model, {"a": adapters["prompt3"], "b": loaded})
     out = mixed(IDS[:2], MASK[:2], ["b", "a"]).logits.data
     alone = adapters["prefix4"](IDS[:1], attention_mask=MASK[:1]).logits.data
     np.testing.assert_allclose(out[:1], alone, rtol=1e-12, atol=1e-12)

@@ -8,7 +8,7 @@ from tiny_models import tiny_model
 
 import tinypft
 from tinypft.optim import AdamW
-from tinypft.peft import BitFitConfig, RandomSubsetConfig, get_peft_model, load_adapter, subset_indices
+from tinypft.peft import BitFitConfig, PeftModel, RandomSubsetConfig, get_peft_model, subset_indices
 
 IDS = np.random.default_rng(0).integers(0, 16, (2, 6))
 MASK = np.array([[1] * 6, [1] * 4 + [0] * 2])
@@ -69,8 +69,8 @@ def test_zero_deltas_give_the_base_models_output_and_the_adapter_round_trips(tmp
     loss_of(peft_model).backward()
     optimizer.step()
     trained = peft_model(IDS, attention_mask=MASK).logits.data
-    peft_model.save_adapter(tmp_path / "adapter")
-    loaded = load_adapter(tiny_model(), tmp_path / "adapter")
+    peft_model.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(tiny_model(), tmp_path / "adapter")
     np.testing.assert_array_equal(loaded(IDS, attention_mask=MASK).logits.data, trained)
     assert peft_model.stored_bytes_per_task().num_floats == sum(i.size for i in peft_model.indices.values())
 

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import extrapolation_split, load_e2e, load_tokenizer, rating_task, with_source
-from ..peft import BitFitConfig, PromptEnsemble, bias_change, get_peft_model, load_adapter
+from ..peft import BitFitConfig, PeftModel, PromptEnsemble, bias_change, get_peft_model
 from ..threads import num_threads
 from ..train import pad_batch, source_ids
 from ..train.metrics import evaluate_generation
@@ -190,7 +190,7 @@ def execute(spec: RunSpec, ctx: Context, callback: Any = None) -> dict[str, Any]
         changes = bias_change(before, after)
         record["bias_change"] = [[c, layer, value] for (c, layer), value in sorted(changes.items())]
     if spec.settings.method == "prompt":  # kept for the ensembles (P x d floats)
-        run.model.save_adapter(ctx.adapter_dir(spec))
+        run.model.save_pretrained(ctx.adapter_dir(spec))
     record.pop("environment")
     record["wall_seconds"] = time.perf_counter() - start
     return record
@@ -238,7 +238,7 @@ def prompt_ensemble(ctx: Context, rows: list[Row]) -> dict[str, Any]:
         return ctx.cache[key]
     s = members[0].settings
     base, _ = load_pretrained(s.size, directory=s.checkpoint, tokenizer=ctx.tokenizer)
-    prompts = [load_adapter(base, ctx.adapter_dir(m)) for m in members]
+    prompts = [PeftModel.from_pretrained(base, ctx.adapter_dir(m)) for m in members]
     ensemble = PromptEnsemble(prompts)
     splits = {name: list(rating_task(load_e2e(name)).examples) for name in ("dev", "test")}
     labels = rating_task(load_e2e("dev")).labels

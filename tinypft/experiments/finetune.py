@@ -61,7 +61,7 @@ from ..train.metrics import evaluate_generation
 from ..train.pretrain import checkpoint_dir, load_pretrained, quick_mode
 from ..train.trainer import lm_batch_loss
 from . import report
-from .methods import METHODS, get_method, peft_config
+from .methods import DEFAULTS, method_defaults, peft_config
 
 TASKS: tuple[str, ...] = ("e2e", "rating", "match")
 SOURCES: tuple[str, ...] = ("mr", "table")  # how an E2E source is written (see data.linearize_table)
@@ -97,7 +97,7 @@ class FinetuneSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        get_method(self.method)
+        method_defaults(self.method)
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.source not in SOURCES:
@@ -294,7 +294,7 @@ def prepare(
     """Load the checkpoint and the data, and wrap the model with the method (seeded)."""
     tokenizer = tokenizer or load_tokenizer()
     base, manifest = load_pretrained(settings.size, directory=settings.checkpoint, tokenizer=tokenizer)
-    spec = get_method(settings.method)
+    spec = method_defaults(settings.method)
     virtual = 0
     if settings.method in ("prefix", "prompt"):
         virtual = settings.prefix_length or spec.num_virtual_tokens
@@ -335,7 +335,7 @@ def prepare(
 
 def make_train_config(settings: FinetuneSettings, n_train: int, pad_id: int) -> TrainConfig:
     """AdamW, linear warmup (``warmup_ratio`` of the steps) then linear decay, clipping at 1."""
-    spec = get_method(settings.method)
+    spec = method_defaults(settings.method)
     lr = spec.classification_lr if settings.classification else spec.lr
     lr = settings.lr if settings.lr is not None else lr
     steps = settings.steps or settings.epochs * -(-n_train // settings.batch_size)
@@ -474,7 +474,7 @@ def sweep_lr(
 def save_run(run: Run, record: dict[str, Any], out: str | Path) -> None:
     """``out/result.json`` and the adapter in ``out/adapter/``."""
     out = Path(out)
-    run.model.save_adapter(out / "adapter")
+    run.model.save_pretrained(out / "adapter")
     report.write_json(out / "result.json", record)
 
 
@@ -501,7 +501,7 @@ def finetune_command(s: FinetuneSettings) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--method", choices=list(METHODS), required=True)
+    parser.add_argument("--method", choices=list(DEFAULTS), required=True)
     parser.add_argument("--task", choices=TASKS, default="e2e")
     parser.add_argument("--size", default="small", help="shipped checkpoint: tiny, small or medium")
     parser.add_argument("--checkpoint", help="checkpoint folder (default data/checkpoints/<size>)")

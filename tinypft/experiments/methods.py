@@ -1,13 +1,8 @@
-"""The fine-tuning methods the experiments compare, each with its default hyperparameters.
+"""The experiments' defaults for each fine-tuning method: learning rates and the methods' own sizes.
 
-    full     every parameter trains                         FullFinetuneConfig
-    frozen   nothing trains (generation: the pretrained LM   FrozenConfig
-             as it is); classification: a linear probe
-    bitfit   bias terms only                                BitFitConfig
-    prefix   per-layer key/value prefixes, through an MLP   PrefixTuningConfig
-    prompt   a soft prompt in front of the input            PromptTuningConfig
-    random_subset  random weight entries, as many as BitFit    RandomSubsetConfig
-                   trains (BitFit's control)
+The methods themselves (full, frozen, bitfit, prefix, prompt, random_subset) are
+``tinypft.peft.mapping.PEFT_METHODS``; ``peft_config`` builds a method's config with these
+defaults filled in.
 
 Every method runs the same loop (AdamW, linear warmup then linear decay, gradient clipping at 1,
 batch 8); only the learning rate and the method's own sizes differ. The learning rates were
@@ -45,23 +40,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..peft import (
-    BitFitConfig,
-    FrozenConfig,
-    FullFinetuneConfig,
-    PeftConfig,
-    PrefixTuningConfig,
-    PromptTuningConfig,
-    RandomSubsetConfig,
-)
+from ..peft.config import PeftConfig, PrefixTuningConfig, PromptTuningConfig, RandomSubsetConfig
+from ..peft.mapping import config_class
 
 
 @dataclass(frozen=True)
-class Method:
-    """A method's name, what it trains, and its default hyperparameters."""
+class Defaults:
+    """A method's default hyperparameters in the experiments."""
 
-    name: str
-    trains: str  # one line: what the method trains
     lr: float  # AdamW peak learning rate on generation (E2E)
     classification_lr: float  # on classification (frozen: the linear probe's)
     num_virtual_tokens: int | None = None  # prefix / prompt length P
@@ -70,33 +56,23 @@ class Method:
     classification_init: str | None = None  # prompt only: init for classification tasks
 
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("full", "every parameter", lr=3e-4, classification_lr=1e-3),
-        Method("frozen", "nothing (classification: a linear probe on the last token)", lr=0.0,
-               classification_lr=3e-2),
-        Method("bitfit", "the bias terms (q, k, v, o, FFN, LayerNorm betas)", lr=3e-2,
-               classification_lr=1e-1),
-        Method(
-            "prefix", "P key/value vectors per layer (through an MLP while training)", lr=1e-3,
-            classification_lr=3e-4, num_virtual_tokens=10, encoder_hidden_size=512,
-        ),
-        Method(
-            "prompt", "P input vectors (a soft prompt)", lr=3e-1, classification_lr=1e-1,
-            num_virtual_tokens=32, generation_init="sampled_vocab", classification_init="class_labels",
-        ),
-        Method("random_subset", "random weight entries, as many as BitFit's biases (its control)", lr=3e-2,
-               classification_lr=1e-1),
-    )
+DEFAULTS: dict[str, Defaults] = {  # keys: every method of tinypft.peft.mapping, in its order
+    "full": Defaults(lr=3e-4, classification_lr=1e-3),
+    "frozen": Defaults(lr=0.0, classification_lr=3e-2),  # generation: nothing trains
+    "bitfit": Defaults(lr=3e-2, classification_lr=1e-1),
+    "prefix": Defaults(lr=1e-3, classification_lr=3e-4, num_virtual_tokens=10, encoder_hidden_size=512),
+    "prompt": Defaults(
+        lr=3e-1, classification_lr=1e-1, num_virtual_tokens=32, generation_init="sampled_vocab",
+        classification_init="class_labels",
+    ),
+    "random_subset": Defaults(lr=3e-2, classification_lr=1e-1),
 }
 
 
-def get_method(name: str) -> Method:
-    """The method called ``name``; a ValueError lists the known ones."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
-    return METHODS[name]
+def method_defaults(method: str) -> Defaults:
+    """The defaults of the method called ``method``; a ValueError lists the known ones."""
+    config_class(method)  # an unknown name raises here
+    return DEFAULTS[method]
 
 
 def peft_config(
@@ -122,17 +98,13 @@ def peft_config(
     which uses ``label_words``). ``init_text`` feeds the "real_words" and "text" inits. ``seed``
     draws random_subset's entries (the run's seed, so seeds differ in the subset too).
     """
-    spec = get_method(method)
+    spec = method_defaults(method)
     if init is not None and method not in ("prefix", "prompt"):
         raise ValueError(f"--init is for prefix and prompt; {method} has no initialization to choose")
-    if method == "full":
-        return FullFinetuneConfig()
-    if method == "frozen":
-        return FrozenConfig()
-    if method == "bitfit":
-        return BitFitConfig()
     if method == "random_subset":
         return RandomSubsetConfig(seed=seed)
+    if method not in ("prefix", "prompt"):  # full, frozen, bitfit: their configs' defaults
+        return config_class(method)()
     length = num_virtual_tokens or spec.num_virtual_tokens
     if method == "prefix":
         return PrefixTuningConfig(

@@ -4,6 +4,8 @@
 
     peft_model = get_peft_model(model, PrefixTuningConfig(num_virtual_tokens=10))
     peft_model.print_trainable_parameters()
+    peft_model.save_pretrained("runs/prefix")               # after training: the adapter files
+    peft_model = PeftModel.from_pretrained(fresh_model, "runs/prefix")
 
 Methods, one file each:
 
@@ -11,8 +13,9 @@ Methods, one file each:
     prefix.py   Prefix-Tuning: trainable keys/values in every layer (Li & Liang, ACL 2021)
     prompt.py   Prompt-Tuning: a trainable soft prompt at the input (Lester et al., EMNLP 2021)
     random_subset.py  a random subset of weight entries, as many as BitFit trains (BitFit's control)
-    model.py    get_peft_model, the PeftModel base, full fine-tuning and the frozen baseline,
-                saving and loading adapters
+    model.py    the PeftModel base (one forward, its two hooks), full fine-tuning and the frozen
+                baseline, save_pretrained / from_pretrained
+    mapping.py  the registry: which PeftModel serves which config; get_peft_model
     mixed.py    one frozen model serving a batch of examples from different tasks
     counts.py   parameter counts on the papers' full-size shapes, computed from shapes only
     analysis.py BitFit's bias-change table and heatmap
@@ -28,8 +31,8 @@ from .config import (
     PrefixTuningConfig,
     PromptTuningConfig,
     RandomSubsetConfig,
-    config_from_dict,
 )
+from .mapping import PEFT_METHODS, config_from_dict, get_peft_model
 from .mixed import MixedTaskModel
 from .model import (
     AdapterSize,
@@ -37,8 +40,6 @@ from .model import (
     FullFinetuneModel,
     PeftModel,
     adapter_bytes,
-    get_peft_model,
-    load_adapter,
 )
 from .prefix import PrefixEncoder, PrefixTuningModel, infix_batch_loss, infix_start_from_labels
 from .prompt import PromptEnsemble, PromptTuningModel, SoftPrompt
@@ -53,6 +54,7 @@ __all__ = [
     "FullFinetuneConfig",
     "FullFinetuneModel",
     "MixedTaskModel",
+    "PEFT_METHODS",
     "PeftConfig",
     "PeftModel",
     "PrefixEncoder",
@@ -73,7 +75,6 @@ __all__ = [
     "get_peft_model",
     "infix_batch_loss",
     "infix_start_from_labels",
-    "load_adapter",
     "plot_bias_change",
     "subset_indices",
 ]

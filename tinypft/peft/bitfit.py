@@ -57,10 +57,5 @@ def bitfit_parameter_names(model: GPT, config: BitFitConfig) -> list[str]:
 class BitFitModel(PeftModel):
     """The base model with only the chosen biases (and the head) trainable; forward is unchanged."""
 
-    config_class = BitFitConfig
-
-    def __init__(self, base_model: GPT, peft_config: BitFitConfig, initialize: bool = True):
-        super().__init__(base_model, peft_config)
-
     def trained_base_names(self, base_model: GPT) -> list[str]:
         return bitfit_parameter_names(base_model, self.peft_config)

@@ -10,7 +10,7 @@ like with like (same base model, same data, same loop):
     PromptTuningConfig(num_virtual_tokens...)  a soft prompt at the input (Lester et al., 2021)
     RandomSubsetConfig(num_params, seed...)    random weight entries, BitFit's control
 
-``to_dict`` / ``config_from_dict`` turn a config into JSON and back (the adapter files store it);
+``to_dict`` / ``mapping.config_from_dict`` turn a config into JSON and back (the adapter files store it);
 fields that only steer initialization and cannot be written as JSON (a tokenizer, token counts)
 are left out.
 """
@@ -204,29 +204,6 @@ class RandomSubsetConfig(PeftConfig):
             )
         if self.num_params is not None:
             _check_positive("RandomSubsetConfig", "num_params", self.num_params)
-
-
-CONFIG_CLASSES: dict[str, type[PeftConfig]] = {
-    cls.method: cls
-    for cls in (
-        FullFinetuneConfig, FrozenConfig, BitFitConfig, PrefixTuningConfig, PromptTuningConfig,
-        RandomSubsetConfig,
-    )
-}
-
-
-def config_from_dict(values: dict[str, Any]) -> PeftConfig:
-    """Rebuild a config written by ``PeftConfig.to_dict``."""
-    values = dict(values)
-    method = values.pop("method", None)
-    if method not in CONFIG_CLASSES:
-        raise ValueError(f"unknown fine-tuning method {method!r}; known: {sorted(CONFIG_CLASSES)}")
-    cls = CONFIG_CLASSES[method]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {unknown}")
-    return cls(**values)
 
 
 def resolve_token_ids(what: str, value: Any, tokenizer: Any) -> list[int]:

@@ -42,7 +42,9 @@ from .config import (
     PeftConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
+    RandomSubsetConfig,
 )
+from .mapping import PEFT_METHODS
 
 # ----------------------------------------------------------------------------- BERT and BitFit
 
@@ -146,7 +148,14 @@ def trainable_parameter_count(
     if isinstance(method, PromptTuningConfig):
         adapter = method.num_virtual_tokens * d
         return adapter, base + adapter
-    raise TypeError(f"trainable_parameter_count: unknown method config {type(method).__name__}")
+    if isinstance(method, RandomSubsetConfig):  # as many entries as BitFit's biases (ln_f's included)
+        entries = L * (4 * d + f + d + 2 * d) + d if method.num_params is None else method.num_params
+        trained_head = head if num_labels is not None and method.include_head else 0
+        return entries + trained_head, base + entries
+    known = ", ".join(cls.__name__ for cls in PEFT_METHODS)
+    raise TypeError(
+        f"trainable_parameter_count: unknown method config {type(method).__name__}; known: {known}"
+    )
 
 
 # ----------------------------------------------------------------------------- T5 and Prompt-Tuning

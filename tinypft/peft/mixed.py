@@ -25,6 +25,7 @@ base parameters (BitFit, a head), cannot share one base model's forward and are 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -103,26 +104,28 @@ class MixedTaskModel:
     ) -> GPTOutput:
         """Run a batch whose example b belongs to ``tasks[b]``; logits cover the real tokens only.
 
-        With a ``cache`` (decoding) every example's virtual tokens are already in it.
+        As in ``PeftModel.forward``: with a ``cache`` (decoding) every example's virtual tokens are
+        already in it and the call passes straight through; otherwise ``virtual_inputs`` adds them.
         """
-        ids = np.asarray(ids)
-        B = ids.shape[0]
         with no_grad():
             if cache is not None:
                 return self.base_model(ids, attention_mask, cache=cache, use_cache=use_cache)
-            if tasks is None or len(tasks) != B:
-                raise ValueError(f"MixedTaskModel: give one task per example ({B}), got {tasks!r}")
-            unknown = sorted(set(tasks) - set(self.adapters))
-            if unknown:
-                raise KeyError(f"MixedTaskModel: unknown tasks {unknown}; known: {sorted(self.adapters)}")
-            chosen = [self.adapters[t] for t in tasks]
-            if all(is_input_prompt(a) for a in chosen) and len({a.num_virtual_tokens for a in chosen}) == 1:
-                return self.base_model(
-                    ids, attention_mask, prompt_embeds=self.stacked_prompts(tasks), use_cache=use_cache
-                )
-            return self.base_model(
-                ids, attention_mask, cache=self.stacked_key_values(tasks), use_cache=use_cache
-            )
+            inputs = self.virtual_inputs(tasks, batch_size=np.shape(ids)[0])
+            return self.base_model(ids, attention_mask, use_cache=use_cache, **inputs)
+
+    def virtual_inputs(self, tasks: Sequence[str] | None, batch_size: int) -> dict[str, Any]:
+        """Every example's virtual tokens as ``GPT.forward`` inputs (``PeftModel.virtual_inputs`` for
+        a batch of tasks): ``prompt_embeds`` (B, P, d) when every task is a soft prompt of one
+        length, else a ``cache`` of their keys and values (``stacked_key_values``)."""
+        if tasks is None or len(tasks) != batch_size:
+            raise ValueError(f"MixedTaskModel: give one task per example ({batch_size}), got {tasks!r}")
+        unknown = sorted(set(tasks) - set(self.adapters))
+        if unknown:
+            raise KeyError(f"MixedTaskModel: unknown tasks {unknown}; known: {sorted(self.adapters)}")
+        chosen = [self.adapters[t] for t in tasks]
+        if all(is_input_prompt(a) for a in chosen) and len({a.num_virtual_tokens for a in chosen}) == 1:
+            return {"prompt_embeds": self.stacked_prompts(tasks)}  # (B, P, d)
+        return {"cache": self.stacked_key_values(tasks)}  # L x (B, H, P_max, d_h)
 
     def stacked_prompts(self, tasks: Sequence[str]) -> Tensor:
         """Each example's soft prompt, (B, P, d) (all of one length)."""

@@ -1,4 +1,4 @@
-"""``get_peft_model``: wrap a GPT for one fine-tuning method; save and load what the method trains.
+"""``PeftModel``: a GPT plus what one fine-tuning method trains; saving and loading adapters.
 
 Every method splits the parameters into a frozen part and a trained part, theta = (theta_0, phi),
 and minimizes the loss over phi alone:  phi* = argmin_phi L(f(x; theta_0, phi)). Full
@@ -12,14 +12,24 @@ the biases inside theta_0; Prefix-Tuning (Li & Liang, 2021) and Prompt-Tuning (L
     # trainable params: 5,760 || all params: 940,800 || trainable%: 0.6122
     out = peft_model(ids, attention_mask)                   # GPTOutput; logits at the real tokens
     loss = peft_model.lm_loss(out.logits, labels)
-    peft_model.save_adapter("runs/bitfit")                  # the trained tensors and a JSON config
-    peft_model = load_adapter(fresh_model, "runs/bitfit")   # checks it is the same base model
+    peft_model.save_pretrained("runs/bitfit")               # the trained tensors and a JSON config
+    peft_model = PeftModel.from_pretrained(fresh_model, "runs/bitfit")  # checks the base model
 
 A ``PeftModel`` is itself a model: same call signature and output as ``GPT`` (logits only at the
 real token positions, whatever the method adds in front), ``lm_loss``, ``named_parameters`` (all
 of them; ``requires_grad`` tells which train), ``train()`` / ``eval()``, ``config`` (the base
-model's) and ``base_model``. Virtual tokens (a prefix or a prompt) are injected only when a
-sequence starts (``cache is None``); with a cache they are already in it.
+model's) and ``base_model``. There is one ``forward`` for every method; a method changes what
+the base model computes through two hooks:
+
+    virtual_inputs(real_tokens)  the GPT.forward inputs that put its virtual tokens in front:
+                                 ``prompt_embeds`` (1, P, d), or ``kv_prefix`` (L pairs of
+                                 (1, H, P, d_h)) with, for an infix, ``kv_prefix_start`` and
+                                 ``position_ids``; none by default
+    effective_weights()          a context in which the base model computes with changed weights
+                                 (a random subset's W + delta); the base model's own by default
+
+Virtual tokens are injected only when a sequence starts (``cache is None``); with a cache they are
+already in it and the call passes straight through.
 
 Freezing works through ``requires_grad``: a frozen parameter receives no gradient, so backward
 skips its weight-gradient matmul, and an optimizer built from ``parameters()`` keeps state only
@@ -27,13 +37,14 @@ for the trainable ones (``tinypft.optim`` filters on ``requires_grad``). ``get_p
 the flags on the base model in place, like Hugging Face PEFT: build one PeftModel per base model
 when a method trains base parameters (full fine-tuning, BitFit, a head).
 
-Adapter files (a directory, as Hugging Face PEFT's ``save_pretrained``):
+Adapter files (a directory, as Hugging Face PEFT's ``save_pretrained`` writes):
 
     adapter_model.safetensors   only the tensors the method trains
     adapter_config.json         the method's config, inference_mode, and a fingerprint of the base
                                 model (config, parameter shapes, SHA-256 of the frozen weights)
 
-``load_adapter`` refuses a base model that differs in any of those, naming the difference.
+``PeftModel.from_pretrained`` refuses a base model that differs in any of those, naming the
+difference.
 """
 
 from __future__ import annotations
@@ -41,9 +52,10 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +63,7 @@ from .. import io
 from ..engine import Tensor
 from ..model import GPT, GPTOutput, KVCache
 from ..nn import Module, Parameter
-from .config import FrozenConfig, FullFinetuneConfig, PeftConfig, config_from_dict
+from .config import PeftConfig
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -62,25 +74,14 @@ BASE_PREFIX = "base_model."
 class PeftModel(Module):
     """A base GPT plus what one fine-tuning method trains.
 
-    Subclasses set ``config_class`` (which registers them for ``get_peft_model``), choose the base
-    parameters that train in ``trained_base_names`` and add their own modules (a prefix encoder, a
-    soft prompt), whose parameters train too.
+    Subclasses choose the base parameters that train in ``trained_base_names``, add their own
+    modules (a prefix encoder, a soft prompt), whose parameters train too, and change the forward
+    pass through ``virtual_inputs`` or ``effective_weights``. ``tinypft.peft.mapping`` says which
+    subclass serves which config.
     """
-
-    config_class: ClassVar[type[PeftConfig]]
-    registry: ClassVar[dict[type[PeftConfig], type[PeftModel]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "config_class" in cls.__dict__:
-            PeftModel.registry[cls.config_class] = cls
 
     def __init__(self, base_model: GPT, peft_config: PeftConfig):
         super().__init__()
-        if not isinstance(peft_config, self.config_class):
-            raise TypeError(
-                f"{type(self).__name__} needs a {self.config_class.__name__}, got {peft_config!r}"
-            )
         self.base_model = base_model
         self.peft_config = peft_config
         self.trained_base: frozenset[str] = frozenset(self.trained_base_names(base_model))
@@ -91,6 +92,11 @@ class PeftModel(Module):
     def trained_base_names(self, base_model: GPT) -> list[str]:
         """Names of the base model's parameters this method trains (none by default)."""
         return []
+
+    def initialize_adapter(self) -> None:
+        """Give the method's own parameters the starting values its config asks for (a soft
+        prompt's init, a prefix's real words). ``get_peft_model`` calls it; ``from_pretrained``
+        does not, since the values come from the file. Nothing to do by default."""
 
     def adapter_parameters(self) -> dict[str, Parameter]:
         """The parameters the method trains, by full name, whether or not they require grad now
@@ -124,6 +130,24 @@ class PeftModel(Module):
         """The base model's GPTConfig (the method's own config is ``peft_config``)."""
         return self.base_model.config
 
+    @property
+    def num_virtual_tokens(self) -> int:
+        """P, the virtual tokens the method puts in front of every sequence (0 by default)."""
+        return 0
+
+    def virtual_inputs(self, real_tokens: np.ndarray) -> dict[str, Any]:
+        """The hook for virtual tokens: extra keyword arguments of ``GPT.forward`` for a sequence
+        that starts now, ``prompt_embeds`` or ``kv_prefix`` (and, for an infix,
+        ``kv_prefix_start`` and ``position_ids``). ``real_tokens`` (B, T) is True at the real
+        (not padding) tokens. A method whose caller places the virtual tokens takes that placement
+        as keyword arguments too (Prefix-Tuning's ``infix_start``). None by default."""
+        return {}
+
+    def effective_weights(self) -> AbstractContextManager[Any]:
+        """The hook for changed weights: a context inside which the base model computes with the
+        method's weights (a random subset's W + delta). The base model's own by default."""
+        return nullcontext()
+
     def forward(
         self,
         ids: np.ndarray,
@@ -131,11 +155,37 @@ class PeftModel(Module):
         position_ids: np.ndarray | None = None,
         cache: KVCache | None = None,
         use_cache: bool = False,
+        **placement: Any,
     ) -> GPTOutput:
-        """Methods that only choose which base parameters train run the base model unchanged."""
-        return self.base_model(
-            ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=use_cache
-        )
+        """Run the base model as the method changes it; logits cover the real tokens only.
+
+        ids (B, T); attention_mask (B, T), or (B, P + T) with ones over the P virtual tokens in
+        front (Hugging Face's form). With a ``cache`` the virtual tokens are already in it (they
+        went in when the sequence started) and the call passes straight through. ``placement``
+        goes to ``virtual_inputs`` (Prefix-Tuning's infix: ``infix_start``).
+        """
+        with self.effective_weights():
+            if cache is not None:
+                if placement:
+                    raise ValueError(
+                        f"{type(self).__name__}: {sorted(placement)} place virtual tokens when a sequence "
+                        "starts; with a cache they are already in it"
+                    )
+                return self.base_model(
+                    ids, attention_mask, position_ids=position_ids, cache=cache, use_cache=use_cache
+                )
+            mask = self.token_mask(attention_mask, ids, self.num_virtual_tokens)  # (B, T) or None
+            real = np.ones(np.shape(ids), bool) if mask is None else np.asarray(mask).astype(bool)  # (B, T)
+            inputs = self.virtual_inputs(real, **placement)
+            if "position_ids" in inputs and position_ids is not None:
+                raise ValueError(
+                    f"{type(self).__name__} computes the positions itself; do not pass position_ids"
+                )
+            inputs.setdefault("position_ids", position_ids)
+            out = self.base_model(ids, mask, use_cache=use_cache, **inputs)
+        if out.cache is not None and "kv_prefix_start" in inputs:  # every later token comes after an infix
+            out.cache.next_position = real.sum(axis=1) + self.num_virtual_tokens
+        return out
 
     def lm_loss(self, logits: Tensor, labels: np.ndarray) -> Tensor:
         """Next-token cross-entropy on the real positions (labels aligned with ids; -100 is skipped)."""
@@ -162,11 +212,16 @@ class PeftModel(Module):
         raise ValueError(f"{type(self).__name__}: attention_mask has shape {mask.shape}, expected {expected}")
 
     # ------------------------------------------------------------------ saving
-    def adapter_state_dict(self, include_reparam: bool = False) -> dict[str, np.ndarray]:
-        """The tensors an adapter file stores (copies), by full parameter name."""
+    def adapter_state_dict(self) -> dict[str, np.ndarray]:
+        """The tensors inference needs (copies), by full parameter name: the trained parameters,
+        or their inference form when the method trains through a reparameterization (Prefix-Tuning)."""
+        return self.trained_state_dict()
+
+    def trained_state_dict(self) -> dict[str, np.ndarray]:
+        """The trained parameters as they are (copies), by full name: what resuming training needs."""
         return {name: p.data.copy() for name, p in self.adapter_parameters().items()}
 
-    def save_adapter(self, path: str | Path, include_reparam: bool = False) -> None:
+    def save_pretrained(self, directory: str | Path, include_reparam: bool = False) -> None:
         """Write ``adapter_model.safetensors`` (only what the method trains) and ``adapter_config.json``.
 
         Both files are written atomically; the JSON (written last) records the SHA-256 of the
@@ -174,9 +229,9 @@ class PeftModel(Module):
         ``include_reparam`` keeps a reparameterization (Prefix-Tuning's MLP) so training can resume;
         without it the adapter is stored in its inference form (``inference_mode: true``).
         """
-        directory = Path(path)
+        directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = self.adapter_state_dict(include_reparam)
+        tensors = self.trained_state_dict() if include_reparam else self.adapter_state_dict()
         io.save_tensors(directory / ADAPTER_WEIGHTS_NAME, tensors, metadata={"format": ADAPTER_FORMAT})
         record = {
             "format": ADAPTER_FORMAT,
@@ -195,10 +250,52 @@ class PeftModel(Module):
     def stored_bytes_per_task(self, include_reparam: bool = False) -> AdapterSize:
         """What one task costs on disk: the adapter files this model would write."""
         with tempfile.TemporaryDirectory() as tmp:
-            self.save_adapter(tmp, include_reparam=include_reparam)
+            self.save_pretrained(tmp, include_reparam=include_reparam)
             return adapter_bytes(tmp)
 
-    def load_adapter_tensors(self, tensors: dict[str, np.ndarray], inference_mode: bool) -> None:
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, base_model: GPT, directory: str | Path, is_trainable: bool = False) -> PeftModel:
+        """Rebuild the PeftModel saved in ``directory`` on ``base_model``.
+
+        Raises a ValueError naming the difference when ``base_model`` is not the model the adapter
+        was trained on (config, parameter shapes, or frozen weights), or when the files do not
+        belong together. The adapter's parameters are frozen (inference) unless ``is_trainable``.
+        Methods whose adapter is made of base parameters (BitFit, full fine-tuning, a head) write
+        them into ``base_model``.
+        """
+        from .mapping import PEFT_METHODS, config_from_dict  # here: mapping.py imports this module
+
+        directory = Path(directory)
+        record = io.read_json(directory / ADAPTER_CONFIG_NAME)
+        if record.get("format") != ADAPTER_FORMAT:
+            raise ValueError(f"{directory}: not a tinypft adapter (format {record.get('format')!r})")
+        if io.sha256_file(directory / ADAPTER_WEIGHTS_NAME) != record["weights_sha256"]:
+            raise ValueError(
+                f"{directory}: {ADAPTER_WEIGHTS_NAME} does not belong to this {ADAPTER_CONFIG_NAME}"
+            )
+        peft_config = config_from_dict(record["peft_config"])
+        model_class = PEFT_METHODS[type(peft_config)]
+        if not issubclass(model_class, cls):
+            raise TypeError(f"{cls.__name__}.from_pretrained: {directory} holds a {model_class.__name__}")
+        saved_base = record["base_model"]
+        mismatch = _structure_mismatch(saved_base, base_model)
+        if mismatch:  # config and shapes first: building the model needs them
+            raise ValueError(f"from_pretrained({directory}): {mismatch}")
+
+        flags = {name: p.requires_grad for name, p in base_model.named_parameters()}
+        peft_model = model_class(base_model, peft_config)
+        mismatch = _weights_mismatch(saved_base, base_model, peft_model.frozen_base_names())
+        if mismatch:
+            for name, p in base_model.named_parameters():  # leave the refused base model as it was
+                p.requires_grad = flags[name]
+            raise ValueError(f"from_pretrained({directory}): {mismatch}")
+        expected = {name: (tuple(shape), None) for name, shape in record["tensors"].items()}
+        peft_model.load_adapter_tensors(io.load_tensors(directory / ADAPTER_WEIGHTS_NAME, expected))
+        peft_model.set_adapter_trainable(is_trainable)
+        return peft_model
+
+    def load_adapter_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         """Copy saved tensors into the method's parameters (subclasses adapt their layout first)."""
         params = self.adapter_parameters()
         expected = {name: p.shape for name, p in params.items()}
@@ -214,11 +311,6 @@ class PeftModel(Module):
 class FullFinetuneModel(PeftModel):
     """Full fine-tuning: every parameter trains (the adapter file is the whole model)."""
 
-    config_class = FullFinetuneConfig
-
-    def __init__(self, base_model: GPT, peft_config: FullFinetuneConfig, initialize: bool = True):
-        super().__init__(base_model, peft_config)
-
     def trained_base_names(self, base_model: GPT) -> list[str]:
         return [name for name, _ in base_model.named_parameters()]
 
@@ -226,23 +318,8 @@ class FullFinetuneModel(PeftModel):
 class FrozenModel(PeftModel):
     """The frozen baseline: only the classification head trains (nothing when there is none)."""
 
-    config_class = FrozenConfig
-
-    def __init__(self, base_model: GPT, peft_config: FrozenConfig, initialize: bool = True):
-        super().__init__(base_model, peft_config)
-
     def trained_base_names(self, base_model: GPT) -> list[str]:
         return [name for name, _ in base_model.named_parameters() if name.startswith("cls_head.")]
-
-
-def get_peft_model(model: GPT, config: PeftConfig) -> PeftModel:
-    """Wrap ``model`` for the method ``config`` describes, freezing everything the method does not train."""
-    if isinstance(model, PeftModel):
-        raise TypeError("get_peft_model: the model is already a PeftModel; pass its base_model")
-    cls = PeftModel.registry.get(type(config))
-    if cls is None:
-        raise TypeError(f"get_peft_model: no method for config {type(config).__name__}")
-    return cls(model, config)
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -308,44 +385,6 @@ def _weights_mismatch(saved: dict[str, Any], model: GPT, frozen: list[str]) -> s
         f"{now['dtype']}; adapter's {saved['frozen_weights_sha256'][:12]}..., {saved['dtype']}): "
         "this adapter was trained on other weights"
     )
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_adapter(base_model: GPT, path: str | Path, is_trainable: bool = False) -> PeftModel:
-    """Rebuild the PeftModel saved in ``path`` on ``base_model``.
-
-    Raises a ValueError naming the difference when ``base_model`` is not the model the adapter was
-    trained on (config, parameter shapes, or frozen weights). The adapter's parameters are frozen
-    (inference) unless ``is_trainable``. Methods whose adapter is made of base parameters (BitFit,
-    full fine-tuning, a head) write them into ``base_model``.
-    """
-    directory = Path(path)
-    record = io.read_json(directory / ADAPTER_CONFIG_NAME)
-    if record.get("format") != ADAPTER_FORMAT:
-        raise ValueError(f"{directory}: not a tinypft adapter (format {record.get('format')!r})")
-    if io.sha256_file(directory / ADAPTER_WEIGHTS_NAME) != record["weights_sha256"]:
-        raise ValueError(f"{directory}: {ADAPTER_WEIGHTS_NAME} does not belong to this {ADAPTER_CONFIG_NAME}")
-    peft_config = config_from_dict(record["peft_config"])
-    saved_base = record["base_model"]
-    mismatch = _structure_mismatch(saved_base, base_model)
-    if mismatch:  # config and shapes first: building the model needs them
-        raise ValueError(f"load_adapter({directory}): {mismatch}")
-
-    cls = PeftModel.registry[type(peft_config)]
-    flags = {name: p.requires_grad for name, p in base_model.named_parameters()}
-    peft_model = cls(base_model, peft_config, initialize=False)
-    mismatch = _weights_mismatch(saved_base, base_model, peft_model.frozen_base_names())
-    if mismatch:
-        for name, p in base_model.named_parameters():  # leave the refused base model as it was
-            p.requires_grad = flags[name]
-        raise ValueError(f"load_adapter({directory}): {mismatch}")
-    expected = {name: (tuple(shape), None) for name, shape in record["tensors"].items()}
-    tensors = io.load_tensors(directory / ADAPTER_WEIGHTS_NAME, expected)
-    peft_model.load_adapter_tensors(tensors, inference_mode=record["inference_mode"])
-    peft_model.set_adapter_trainable(is_trainable)
-    return peft_model
 
 
 @dataclass

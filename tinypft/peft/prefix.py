@@ -18,8 +18,8 @@ reparameterization, an MLP over a smaller table P' (P, d):
 
 (k = ``encoder_hidden_size``, 512 in the paper). After training, ``merge()`` bakes the MLP's
 output into a plain (P, 2 L d) parameter: that is all inference needs and all an adapter file
-stores, 2 L d P scalars, unless ``save_adapter(path, include_reparam=True)`` keeps the MLP to
-resume training.
+stores, 2 L d P scalars, unless ``save_pretrained(directory, include_reparam=True)`` keeps the
+MLP to resume training.
 
 Variants (``PrefixTuningConfig``):
 
@@ -45,7 +45,7 @@ import numpy as np
 
 from ..engine import Tensor, default_dtype, no_grad
 from ..engine.random import get_rng
-from ..model import GPT, GPTOutput, KVCache
+from ..model import GPT
 from ..nn import Embedding, Linear, Module, Parameter, Sequential, Tanh
 from .config import PrefixTuningConfig, resolve_token_ids
 from .model import PeftModel
@@ -176,9 +176,7 @@ def infix_batch_loss(model: PrefixTuningModel, batch: Any) -> Tensor:
 class PrefixTuningModel(PeftModel):
     """The frozen base model with a trainable prefix (or infix, or input embeddings)."""
 
-    config_class = PrefixTuningConfig
-
-    def __init__(self, base_model: GPT, peft_config: PrefixTuningConfig, initialize: bool = True):
+    def __init__(self, base_model: GPT, peft_config: PrefixTuningConfig):
         super().__init__(base_model, peft_config)
         cfg = base_model.config
         self.mode = peft_config.mode
@@ -191,7 +189,11 @@ class PrefixTuningModel(PeftModel):
                 projection=peft_config.prefix_projection,
                 hidden_size=peft_config.encoder_hidden_size,
             )
-        if initialize and peft_config.init == "real_words":
+
+    def initialize_adapter(self) -> None:
+        """``init="real_words"``: start from the frozen LM's activations on ``init_text``
+        (``init="random"`` keeps the encoder's own random start)."""
+        if self.peft_config.init == "real_words":
             self.prefix_encoder.initialize_to(self.real_word_prefix())
 
     @property
@@ -229,78 +231,32 @@ class PrefixTuningModel(PeftModel):
         P, d = self.prefix_encoder.num_virtual_tokens, self.base_model.config.d_model
         return self.prefix_encoder().reshape(1, P, d)  # (1, P, d)
 
-    def forward(
-        self,
-        ids: np.ndarray,
-        attention_mask: np.ndarray | None = None,
-        position_ids: np.ndarray | None = None,
-        cache: KVCache | None = None,
-        use_cache: bool = False,
-        infix_start: np.ndarray | int | None = None,
-    ) -> GPTOutput:
-        """Run the base model with the prefix; logits cover the real tokens only.
+    def virtual_inputs(
+        self, real_tokens: np.ndarray, infix_start: np.ndarray | int | None = None
+    ) -> dict[str, Any]:
+        """The forward hook: the prefix in every layer, or the vectors at the input (embedding_only).
 
-        With a ``cache`` the prefix is already in it (it was injected at prefill) and is not added
-        again. ``infix_start`` (B,) or an int, infix mode only: the index of the first token after
-        the infix (0 <= start <= T), or counted from the end when negative (-T <= start < 0): -1
-        puts the infix before the last token, the separator that ends a left-padded generation
-        prompt ``[pads] bos source sep``.
+        ``infix_start`` (B,) or an int, infix mode only: the index of the first token after the
+        infix (0 <= start <= T), or counted from the end when negative (-T <= start < 0): -1 puts
+        the infix before the last token, the separator that ends a left-padded generation prompt
+        ``[pads] bos source sep``. Tokens from there on see the infix and sit P positions further on.
         """
         if infix_start is not None and self.mode != "infix":
             raise ValueError(f"infix_start is only for mode='infix' (this prefix is {self.mode!r})")
-        if cache is not None:
-            return self.base_model(
-                ids, attention_mask, position_ids=position_ids, cache=cache, use_cache=use_cache
-            )
-        P = self.num_virtual_tokens
-        mask = self.token_mask(attention_mask, ids, P)
         if self.mode == "embedding_only":
-            return self.base_model(
-                ids,
-                mask,
-                position_ids=position_ids,
-                prompt_embeds=self.prompt_embeddings(),
-                use_cache=use_cache,
-            )
+            return {"prompt_embeds": self.prompt_embeddings()}  # (1, P, d)
         if self.mode == "prefix":
-            return self.base_model(
-                ids, mask, position_ids=position_ids, kv_prefix=self.prefix_key_values(), use_cache=use_cache
-            )
-        return self._infix_forward(ids, mask, position_ids, infix_start, use_cache)
-
-    def _infix_forward(
-        self,
-        ids: np.ndarray,
-        mask: np.ndarray | None,
-        position_ids: np.ndarray | None,
-        infix_start: np.ndarray | int | None,
-        use_cache: bool,
-    ) -> GPTOutput:
-        """[x; INFIX; y]: tokens at index >= start see the infix and sit P positions further on."""
+            return {"kv_prefix": self.prefix_key_values()}  # L x (K, V), each (1, H, P, d_h)
         if infix_start is None:
             raise ValueError("mode='infix' needs infix_start= (see infix_start_from_labels)")
-        if position_ids is not None:
-            raise ValueError("mode='infix' computes the positions itself; do not pass position_ids")
-        B, T = np.shape(ids)
-        P = self.num_virtual_tokens
+        B, T = real_tokens.shape
         start = np.broadcast_to(np.asarray(infix_start, dtype=np.int64), (B,))  # (B,)
         if start.min() < -T or start.max() > T:
             raise ValueError(f"infix_start must be in [-{T}, {T}] for {T} tokens, got {start.tolist()}")
         start = np.where(start < 0, start + T, start)  # negative: counted from the end
-        real = np.ones((B, T), bool) if mask is None else np.asarray(mask).astype(bool)  # (B, T)
         after_infix = np.arange(T)[None, :] >= start[:, None]  # (B, T)
-        positions = np.maximum(np.cumsum(real, axis=1) - 1, 0) + P * after_infix  # (B, T)
-        out = self.base_model(
-            ids,
-            mask,
-            position_ids=positions,
-            kv_prefix=self.prefix_key_values(),
-            kv_prefix_start=start,
-            use_cache=use_cache,
-        )
-        if out.cache is not None:  # every later token comes after the infix
-            out.cache.next_position = real.sum(axis=1) + P
-        return out
+        positions = np.maximum(np.cumsum(real_tokens, axis=1) - 1, 0) + self.num_virtual_tokens * after_infix
+        return {"kv_prefix": self.prefix_key_values(), "kv_prefix_start": start, "position_ids": positions}
 
     # ------------------------------------------------------------------ merging and saving
     def merge(self) -> PrefixTuningModel:
@@ -308,14 +264,14 @@ class PrefixTuningModel(PeftModel):
         self.prefix_encoder.merge()
         return self
 
-    def adapter_state_dict(self, include_reparam: bool = False) -> dict[str, np.ndarray]:
-        """Inference form: only the prefix matrix (P, width). ``include_reparam`` keeps P' and the MLP."""
-        if include_reparam or not self.prefix_encoder.reparameterized:
-            return super().adapter_state_dict()
+    def adapter_state_dict(self) -> dict[str, np.ndarray]:
+        """Inference form: only the prefix matrix (P, width), the MLP's output while there is one."""
+        if not self.prefix_encoder.reparameterized:
+            return self.trained_state_dict()
         with no_grad():
             return {"prefix_encoder.prefix": self.prefix_encoder().data.copy()}
 
-    def load_adapter_tensors(self, tensors: dict[str, np.ndarray], inference_mode: bool) -> None:
+    def load_adapter_tensors(self, tensors: dict[str, np.ndarray]) -> None:
         if "prefix_encoder.prefix" in tensors:  # stored merged: the model needs no MLP
             self.merge()
-        super().load_adapter_tensors(tensors, inference_mode)
+        super().load_adapter_tensors(tensors)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..engine import Tensor, default_dtype, no_grad, ops
 from ..engine.random import get_rng
-from ..model import GPT, GPTOutput, KVCache
+from ..model import GPT, GPTOutput
 from ..nn import Module, Parameter
 from .config import PromptTuningConfig, resolve_token_ids
 from .model import PeftModel
@@ -113,17 +113,16 @@ def initial_prompt(config: PromptTuningConfig, wte: np.ndarray) -> np.ndarray:
 class PromptTuningModel(PeftModel):
     """The frozen base model with a trainable soft prompt in front of every sequence."""
 
-    config_class = PromptTuningConfig
-
-    def __init__(self, base_model: GPT, peft_config: PromptTuningConfig, initialize: bool = True):
+    def __init__(self, base_model: GPT, peft_config: PromptTuningConfig):
         super().__init__(base_model, peft_config)
         wte = base_model.wte.weight.data  # (V, d)
-        if initialize:
-            initial = initial_prompt(peft_config, wte)  # (P, d)
-        else:  # the values come from an adapter file
-            initial = np.zeros((peft_config.num_virtual_tokens, wte.shape[1]))
-        with default_dtype(wte.dtype):
-            self.soft_prompt = SoftPrompt(initial.astype(wte.dtype))
+        with default_dtype(wte.dtype):  # zeros until initialize_adapter or an adapter file fills it
+            self.soft_prompt = SoftPrompt(np.zeros((peft_config.num_virtual_tokens, wte.shape[1]), wte.dtype))
+
+    def initialize_adapter(self) -> None:
+        """The soft prompt's starting value for ``peft_config.init`` (see ``initial_prompt``)."""
+        wte = self.base_model.wte.weight.data  # (V, d)
+        self.soft_prompt.weight.data[...] = initial_prompt(self.peft_config, wte).astype(wte.dtype)  # (P, d)
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -133,24 +132,9 @@ class PromptTuningModel(PeftModel):
         """The soft prompt as the base model's ``prompt_embeds`` (1, P, d)."""
         return self.soft_prompt()
 
-    def forward(
-        self,
-        ids: np.ndarray,
-        attention_mask: np.ndarray | None = None,
-        position_ids: np.ndarray | None = None,
-        cache: KVCache | None = None,
-        use_cache: bool = False,
-    ) -> GPTOutput:
-        """Run [soft prompt; tokens]; logits cover the tokens only. With a ``cache`` the prompt is
-        already in it (it was processed at prefill) and is not added again."""
-        if cache is not None:
-            return self.base_model(
-                ids, attention_mask, position_ids=position_ids, cache=cache, use_cache=use_cache
-            )
-        mask = self.token_mask(attention_mask, ids, self.num_virtual_tokens)
-        return self.base_model(
-            ids, mask, position_ids=position_ids, prompt_embeds=self.prompt_embeddings(), use_cache=use_cache
-        )
+    def virtual_inputs(self, real_tokens: np.ndarray) -> dict[str, Any]:
+        """The forward hook: [soft prompt; tokens]."""
+        return {"prompt_embeds": self.prompt_embeddings()}  # (1, P, d)
 
 
 # ----------------------------------------------------------------------------- ensembling

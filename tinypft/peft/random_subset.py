@@ -27,7 +27,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..engine.autograd import Context, Function
-from ..model import GPT, GPTOutput, KVCache
+from ..model import GPT
 from ..nn import Module, Parameter
 from .bitfit import bitfit_parameter_names
 from .config import BitFitConfig, RandomSubsetConfig
@@ -109,12 +109,10 @@ class SubsetDeltas(Module):
 class RandomSubsetModel(PeftModel):
     """The frozen base model; a fixed random subset of its weight entries trains through deltas."""
 
-    config_class = RandomSubsetConfig
-
-    def __init__(self, base_model: GPT, peft_config: RandomSubsetConfig, initialize: bool = True):
-        super().__init__(base_model, peft_config)  # nothing to initialize: the deltas start at 0
+    def __init__(self, base_model: GPT, peft_config: RandomSubsetConfig):
+        super().__init__(base_model, peft_config)
         self.indices = subset_indices(base_model, peft_config)  # weight name -> (n_W,)
-        self.deltas = SubsetDeltas(self.indices, base_model.wte.weight.dtype)
+        self.deltas = SubsetDeltas(self.indices, base_model.wte.weight.dtype)  # zeros: W_eff = W at start
 
     def trained_base_names(self, base_model: GPT) -> list[str]:
         if self.peft_config.include_head and base_model.cls_head is not None:
@@ -123,8 +121,9 @@ class RandomSubsetModel(PeftModel):
 
     @contextmanager
     def effective_weights(self) -> Iterator[None]:
-        """Inside the block each chosen Linear computes with W_eff = W + scatter(delta) (a graph
-        node, so gradients reach the deltas); the base model's own parameters are put back after."""
+        """The forward hook: inside the block each chosen Linear computes with W_eff = W +
+        scatter(delta) (a graph node, so gradients reach the deltas); the base model's own
+        parameters are put back after."""
         modules = dict(self.base_model.named_modules())
         swapped = []
         try:
@@ -138,20 +137,6 @@ class RandomSubsetModel(PeftModel):
         finally:
             for module, weight in swapped:
                 module._parameters["weight"] = weight
-
-    def forward(
-        self,
-        ids: np.ndarray,
-        attention_mask: np.ndarray | None = None,
-        position_ids: np.ndarray | None = None,
-        cache: KVCache | None = None,
-        use_cache: bool = False,
-    ) -> GPTOutput:
-        """The base model's forward with the effective weights."""
-        with self.effective_weights():
-            return self.base_model(
-                ids, attention_mask, position_ids=position_ids, cache=cache, use_cache=use_cache
-            )
 
     def effective_weight(self, name: str) -> np.ndarray:
         """W_eff (out, in) of the weight called ``name`` (the base weight itself if none of it trains)."""
