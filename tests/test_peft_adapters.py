@@ -12,11 +12,13 @@ from tinypft.io import load_tensors
 from tinypft.model import GPT, GPTConfig
 from tinypft.peft import (
     BitFitConfig,
+    BitFitModel,
     FrozenConfig,
     FullFinetuneConfig,
     PeftModel,
     PrefixTuningConfig,
     PromptTuningConfig,
+    PromptTuningModel,
     adapter_bytes,
     get_peft_model,
 )
@@ -146,6 +148,13 @@ def test_another_base_model_is_refused_with_the_reason(tmp_path):
     other_weights.blocks[0].attn.q_proj.weight.data[0, 0] += 1e-9
     with pytest.raises(ValueError, match="frozen weights differ"):
         PeftModel.from_pretrained(other_weights, tmp_path / "bitfit")
+
+
+def test_from_pretrained_on_a_method_class_loads_only_that_method(tmp_path):
+    get_peft_model(tiny_model(), PromptTuningConfig(num_virtual_tokens=3)).save_pretrained(tmp_path)
+    assert type(PromptTuningModel.from_pretrained(tiny_model(), tmp_path)) is PromptTuningModel
+    with pytest.raises(TypeError, match="holds a PromptTuningModel"):
+        BitFitModel.from_pretrained(tiny_model(), tmp_path)
 
 
 def test_a_tensor_file_from_another_save_is_detected(tmp_path):

@@ -257,6 +257,9 @@ def test_infix_mistakes_are_clear_errors():
         peft_model(ids, infix_start=5)
     with pytest.raises(ValueError, match="position_ids"):
         peft_model(ids, infix_start=1, position_ids=np.zeros((2, 4), int))
+    started = peft_model(ids, infix_start=1, use_cache=True)
+    with pytest.raises(ValueError, match="already in it"):  # the infix went into the cache at the start
+        peft_model(ids[:, :1], cache=started.cache, infix_start=1)
     prefix = get_peft_model(tiny_model(), PrefixTuningConfig(num_virtual_tokens=2))
     with pytest.raises(ValueError, match="only for mode='infix'"):
         prefix(ids, infix_start=1)
