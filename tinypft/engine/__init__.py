@@ -14,7 +14,7 @@ from .autograd import (
 )
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .ops import unbroadcast
-from .random import get_rng, manual_seed
+from .rng import get_rng, manual_seed
 
 __all__ = [
     "Context", "Function", "GradcheckError", "GradcheckReport", "Tensor", "as_tensor", "default_dtype",

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .autograd import Context, Function, Tensor, as_tensor
-from .random import get_rng
+from .rng import get_rng
 
 Axis = int | tuple[int, ...] | None
 

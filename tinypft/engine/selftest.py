@@ -30,7 +30,7 @@ from . import functional as F
 from . import ops
 from .autograd import Tensor, no_grad
 from .gradcheck import gradcheck
-from .random import get_rng, manual_seed
+from .rng import get_rng, manual_seed
 
 FUSED_MODULE = "tinypft.engine.fused"
 FUSED_FORWARD_ATOL = 1e-10  # a fused kernel's forward must match the composed one this closely (float64)
