@@ -32,11 +32,11 @@ def tensors(shapes: Shapes, dtype: type = np.float64, seed: int = 0, scale: floa
     return [Tensor(rng.standard_normal(s) * scale, requires_grad=True, dtype=dtype) for s in shapes]
 
 
-def run(fn: Kernel, inputs: list[Tensor], use_fused: bool) -> tuple[np.ndarray, list[np.ndarray | None]]:
+def run(fn: Kernel, inputs: list[Tensor], fused_kernels: bool) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Value and input gradients of ``fn`` on one path, for a fixed random output gradient."""
     for t in inputs:
         t.grad = None
-    with use_fused_kernels(use_fused):
+    with use_fused_kernels(fused_kernels):
         out = fn(*inputs)
         direction = np.random.default_rng(1).standard_normal(out.shape).astype(out.dtype)
         out.backward(direction)
@@ -52,8 +52,8 @@ LOOSE = {"rtol": 2e-4, "atol": 2e-5}  # float32
 
 
 def assert_paths_agree(fn: Kernel, inputs: list[Tensor], tol: dict, grad_tol: dict | None = None) -> None:
-    value_c, grads_c = run(fn, inputs, use_fused=False)
-    value_f, grads_f = run(fn, inputs, use_fused=True)
+    value_c, grads_c = run(fn, inputs, fused_kernels=False)
+    value_f, grads_f = run(fn, inputs, fused_kernels=True)
     assert value_f.dtype == value_c.dtype and value_f.shape == value_c.shape
     np.testing.assert_allclose(value_f, value_c, **tol, err_msg="values differ")
     for i, (gc, gf) in enumerate(zip(grads_c, grads_f)):
