@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 # Tensor's operators call the functions of ops.py (``x + y`` is ``ops.add(x, y)``), and ops.py imports this
-# module for Tensor and Function. So this module imports ops for type checkers only; at run time ops.py
-# binds the name ``ops`` here itself, as its last line, and the modules never import each other.
+# module for Tensor and Function. To keep the imports one-way, this module imports ops for type checkers
+# only; at run time ops.py binds the name ``ops`` here as its last line, before any operator can run.
 if TYPE_CHECKING:
     from . import ops
 

@@ -45,7 +45,7 @@ def _binary(a: Any, b: Any) -> tuple[Tensor, Tensor]:
     return a, b
 
 
-def _broadcasting(op: str, ufunc: np.ufunc, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _elementwise(op: str, ufunc: np.ufunc, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``ufunc(a, b)``, with NumPy's error for shapes that do not broadcast reworded to name the op:
     "add: shapes (2, 3) and (4,) cannot be broadcast together". Every binary forward computes through it."""
     try:
@@ -63,7 +63,7 @@ class Add(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ctx.save_for_backward(a.shape, b.shape)
-        return _broadcasting("add", np.add, a, b)
+        return _elementwise("add", np.add, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -79,7 +79,7 @@ class Sub(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ctx.save_for_backward(a.shape, b.shape)
-        return _broadcasting("sub", np.subtract, a, b)
+        return _elementwise("sub", np.subtract, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -95,7 +95,7 @@ class Mul(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ctx.save_for_backward(a, b)
-        return _broadcasting("mul", np.multiply, a, b)
+        return _elementwise("mul", np.multiply, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -110,7 +110,7 @@ class Div(Function):
 
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        out = _broadcasting("div", np.divide, a, b)
+        out = _elementwise("div", np.divide, a, b)
         ctx.save_for_backward(a.shape, b, out)
         return out
 
