@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from tinypft.engine import functional, manual_seed, set_default_dtype
+from tinypft.engine import fused_kernels_enabled, manual_seed, set_default_dtype, set_fused_kernels
 
 MEASUREMENTS = pytest.StashKey[list[str]]()
 
@@ -15,11 +15,11 @@ MEASUREMENTS = pytest.StashKey[list[str]]()
 @pytest.fixture(autouse=True)
 def _fresh_engine_state() -> Iterator[None]:
     """Seed 0 before each test; restore float32 as the default dtype and the fused setting after it."""
-    fused = functional.fused_enabled()
+    fused = fused_kernels_enabled()
     manual_seed(0)
     yield
     set_default_dtype(np.float32)
-    functional.set_fused(fused)
+    set_fused_kernels(fused)
     manual_seed(0)
 
 

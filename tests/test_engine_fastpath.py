@@ -11,7 +11,7 @@ import pytest
 
 import tinypft
 from tinypft import Tensor, gradcheck, no_grad
-from tinypft.engine import Context, Function, allocator, ops
+from tinypft.engine import Context, Function, allocator, ops, use_fused_kernels
 from tinypft.engine import functional as F
 
 
@@ -83,23 +83,21 @@ def test_embedding_fused_and_composed_backward_agree(ids_shape: tuple[int, ...])
         weight = Tensor(rng.standard_normal((6, 3)), requires_grad=True, dtype=np.float64)
         weight.data[...] = np.arange(18.0).reshape(6, 3)
         direction = np.random.default_rng(1).standard_normal((*ids_shape, 3))
-        with F.use_fused(fused):
+        with use_fused_kernels(fused):
             out = ops.embedding(weight, ids)
         out.backward(direction)
         grads[fused] = weight.grad
-        with F.use_fused(fused):
+        with use_fused_kernels(fused):
             gradcheck(lambda w: ops.embedding(w, ids), [weight])
     np.testing.assert_allclose(grads[True], grads[False], rtol=1e-12, atol=1e-14)
 
 
 def test_embedding_path_is_chosen_at_forward_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tinypft.engine import fused as fused_module
-
     calls: list[Any] = []
-    original = fused_module.embedding_backward
-    monkeypatch.setattr(fused_module, "embedding_backward", lambda *a: calls.append(a) or original(*a))
+    original = ops.embedding_backward
+    monkeypatch.setattr(ops, "embedding_backward", lambda *a: calls.append(a) or original(*a))
     weight = Tensor(np.ones((4, 2)), requires_grad=True)
-    with F.use_fused(False):
+    with use_fused_kernels(False):
         out = ops.embedding(weight, np.array([1, 1, 3]))
     out.sum().backward()  # outside the block: still the composed reference (np.add.at)
     assert calls == []

@@ -18,7 +18,7 @@ import test_exercises_07
 import tinypft
 from tinypft import Function, Tensor, cli, exercises
 from tinypft.engine import functional as F
-from tinypft.engine import get_rng, unbroadcast
+from tinypft.engine import fused_kernels_enabled, get_rng, set_fused_kernels, unbroadcast
 from tinypft.exercises import make
 
 # Lessons 3 to 7 keep their right and wrong answers in a module each (test_exercises_0N.py).
@@ -125,10 +125,10 @@ def test_checker_accepts_a_right_answer(checker, fn, capsys):
 def test_checker_leaves_the_engine_as_it_found_it(checker, fn):
     tinypft.manual_seed(3)
     state = get_rng().bit_generator.state
-    F.set_fused(True)
+    set_fused_kernels(True)
     checker(fn)
     assert get_rng().bit_generator.state == state
-    assert F.fused_enabled() and tinypft.get_default_dtype() == np.float32
+    assert fused_kernels_enabled() and tinypft.get_default_dtype() == np.float32
 
 
 # ----------------------------------------------------------------------------- wrong answers

@@ -16,8 +16,7 @@ import pytest
 from tiny_models import tiny_model
 
 import tinypft
-from tinypft.engine import no_grad
-from tinypft.engine.functional import use_fused
+from tinypft.engine import no_grad, use_fused_kernels
 from tinypft.model import GPT, GPTConfig, decode
 from tinypft.model.decode import fast_decode_enabled, set_fast_decode, use_fast_decode
 from tinypft.nn import Linear
@@ -322,7 +321,7 @@ def test_it_steps_aside_when_it_should(fast_steps):
     with no_grad():
         with use_fast_decode(False):
             declines(model, fast_steps)
-        with use_fused(False):  # the composed reference everywhere
+        with use_fused_kernels(False):  # the composed reference everywhere
             declines(model, fast_steps)
         model.train()
         declines(model, fast_steps)  # training mode

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from tinypft import Tensor, gradcheck
 from tinypft.engine import functional as F
-from tinypft.engine import fused
+from tinypft.engine import fused, ops, use_fused_kernels
 
 Kernel = Callable[..., Tensor]
 Shapes = list[tuple[int, ...]]
@@ -32,11 +32,11 @@ def tensors(shapes: Shapes, dtype: type = np.float64, seed: int = 0, scale: floa
     return [Tensor(rng.standard_normal(s) * scale, requires_grad=True, dtype=dtype) for s in shapes]
 
 
-def run(fn: Kernel, inputs: list[Tensor], use_fused: bool) -> tuple[np.ndarray, list[np.ndarray | None]]:
+def run(fn: Kernel, inputs: list[Tensor], fused_kernels: bool) -> tuple[np.ndarray, list[np.ndarray | None]]:
     """Value and input gradients of ``fn`` on one path, for a fixed random output gradient."""
     for t in inputs:
         t.grad = None
-    with F.use_fused(use_fused):
+    with use_fused_kernels(fused_kernels):
         out = fn(*inputs)
         direction = np.random.default_rng(1).standard_normal(out.shape).astype(out.dtype)
         out.backward(direction)
@@ -52,8 +52,8 @@ LOOSE = {"rtol": 2e-4, "atol": 2e-5}  # float32
 
 
 def assert_paths_agree(fn: Kernel, inputs: list[Tensor], tol: dict, grad_tol: dict | None = None) -> None:
-    value_c, grads_c = run(fn, inputs, use_fused=False)
-    value_f, grads_f = run(fn, inputs, use_fused=True)
+    value_c, grads_c = run(fn, inputs, fused_kernels=False)
+    value_f, grads_f = run(fn, inputs, fused_kernels=True)
     assert value_f.dtype == value_c.dtype and value_f.shape == value_c.shape
     np.testing.assert_allclose(value_f, value_c, **tol, err_msg="values differ")
     for i, (gc, gf) in enumerate(zip(grads_c, grads_f)):
@@ -67,7 +67,7 @@ def check_kernel(fn: Kernel, shapes: Shapes, scale: float = 1.0) -> None:
     """float64: tight agreement and gradcheck of the fused path; float32: loose agreement."""
     inputs64 = tensors(shapes, np.float64, scale=scale)
     assert_paths_agree(fn, inputs64, TIGHT, TIGHT_GRAD)
-    with F.use_fused(True):
+    with use_fused_kernels(True):
         gradcheck(fn, inputs64)
     assert_paths_agree(fn, tensors(shapes, np.float32, scale=scale), LOOSE)
 
@@ -92,7 +92,7 @@ def test_gelu(shape: tuple[int, ...], scale: float) -> None:
 
 def test_gelu_saturates_without_warnings() -> None:
     x = Tensor(np.array([-200.0, -30.0, 0.0, 30.0, 200.0]), requires_grad=True)
-    with F.use_fused(True), np.errstate(over="raise", invalid="raise", divide="raise"):
+    with use_fused_kernels(True), np.errstate(over="raise", invalid="raise", divide="raise"):
         y = F.gelu(x)
         y.backward(np.ones(5, np.float32))
     np.testing.assert_allclose(y.data, [0, 0, 0, 30, 200], atol=1e-6)
@@ -113,7 +113,7 @@ def test_layer_norm_eps_matters() -> None:
     x = tensors([(3, 4)], scale=1e-3)[0]  # variance of the order of eps
     w, b = tensors([(4,), (4,)], seed=1)
     assert_paths_agree(lambda x, w, b: F.layer_norm(x, w, b, 1e-5), [x, w, b], TIGHT, TIGHT_GRAD)
-    with F.use_fused(True):
+    with use_fused_kernels(True):
         gradcheck(lambda x, w, b: F.layer_norm(x, w, b, 1e-5), [x, w, b])
 
 
@@ -136,7 +136,7 @@ def test_cross_entropy_custom_ignore_index_and_2d_logits() -> None:
 
 def test_cross_entropy_is_stable_for_huge_logits() -> None:
     logits = Tensor(np.array([[1e4, 0.0, -1e4], [5e3, 5e3, 0.0]]), requires_grad=True)  # float32
-    with F.use_fused(True), np.errstate(over="raise", invalid="raise", divide="raise"):
+    with use_fused_kernels(True), np.errstate(over="raise", invalid="raise", divide="raise"):
         loss = F.cross_entropy(logits, np.array([0, 1]))
         loss.backward()
     np.testing.assert_allclose(loss.item(), np.log(2) / 2, rtol=1e-6)
@@ -176,7 +176,7 @@ def test_attention(Tq: int, Tk: int, make_mask: Callable | None) -> None:
 
 def test_attention_fully_masked_row_is_uniform() -> None:
     q, k, v = tensors([(2, 1, 3, 4), (2, 1, 5, 4), (2, 1, 5, 4)])
-    with F.use_fused(True):
+    with use_fused_kernels(True):
         out = F.attention(q, k, v, _fully_masked_mask(2, 3, 5))
     assert np.isfinite(out.data).all()
     np.testing.assert_allclose(out.data[0, 0, 0], v.data[0, 0].mean(axis=0), rtol=1e-12)
@@ -206,7 +206,7 @@ def test_layer_norm_and_softmax_any_shape(rows: int, d: int, scale: float, seed:
 
 
 def test_fused_is_the_default() -> None:
-    code = "from tinypft.engine import functional; print(functional.fused_enabled())"
+    code = "from tinypft.engine import fused_kernels_enabled; print(fused_kernels_enabled())"
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert result.stdout.strip() == "True"
@@ -229,7 +229,7 @@ def test_frozen_weight_costs_no_weight_gradient_matmul(
     x, w, b = tensors([(2, 3, 4), (5, 4), (5,)], np.float32)
     x.requires_grad = x_requires_grad
     w.requires_grad = False  # BitFit: only the bias trains
-    with F.use_fused(True):
+    with use_fused_kernels(True):
         y = F.linear(x, w, b)
         counter = _CountingMatmul()
         monkeypatch.setattr(fused.np, "matmul", counter)
@@ -242,7 +242,7 @@ def test_frozen_weight_costs_no_weight_gradient_matmul(
 def test_attention_computes_only_the_gradients_needed(monkeypatch: pytest.MonkeyPatch) -> None:
     q, k, v = tensors([(1, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 4)], np.float32)
     q.requires_grad = k.requires_grad = False  # e.g. only a value prefix trains
-    with F.use_fused(True):
+    with use_fused_kernels(True):
         out = F.attention(q, k, v, F.causal_mask(3, 5))
         counter = _CountingMatmul()
         monkeypatch.setattr(fused.np, "matmul", counter)
@@ -269,7 +269,7 @@ def test_inputs_and_incoming_gradient_are_not_modified(name: str) -> None:
     fn, shapes = CASES[name]
     inputs = tensors(shapes, np.float32)
     before = [t.data.copy() for t in inputs]
-    with F.use_fused(True):
+    with use_fused_kernels(True):
         out = fn(*inputs)
         g = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
         g_before = g.copy()
@@ -284,7 +284,7 @@ def test_backward_twice_with_retained_graph(name: str) -> None:
     """A second backward through the same nodes gives the same gradients (saved arrays are intact)."""
     fn, shapes = CASES[name]
     inputs = tensors(shapes, np.float64)
-    with F.use_fused(True):
+    with use_fused_kernels(True):
         out = fn(*inputs)
         g = np.random.default_rng(1).standard_normal(out.shape)
         out.backward(g, retain_graph=True)
@@ -298,7 +298,7 @@ def test_backward_twice_with_retained_graph(name: str) -> None:
 def test_float32_stays_float32(name: str) -> None:
     fn, shapes = CASES[name]
     inputs = tensors(shapes, np.float32)
-    with F.use_fused(True):
+    with use_fused_kernels(True):
         out = fn(*inputs)
         out.backward(np.ones(out.shape, np.float32))
     assert out.dtype == np.float32
@@ -316,6 +316,6 @@ def test_embedding_backward_matches_scatter_add(ids_shape: tuple[int, ...], num_
     expected = np.zeros((num_rows, 3), np.float32)
     np.add.at(expected, ids.reshape(-1), grad.reshape(-1, 3))
     for id_dtype in (np.int64, np.uint16):
-        got = fused.embedding_backward(ids.astype(id_dtype), grad, num_rows)
+        got = ops.embedding_backward(ids.astype(id_dtype), grad, num_rows)
         assert got.shape == (num_rows, 3) and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

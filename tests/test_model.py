@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import tinypft
-from tinypft.engine import Tensor, functional
+from tinypft.engine import Tensor, use_fused_kernels
 from tinypft.model import GPT, GPTConfig
 
 
@@ -61,7 +61,7 @@ def test_whole_model_gradcheck_every_parameter(fused):
         out = model(ids, attention_mask=np.array([[1] * 5, [1, 1, 1, 1, 0]]))
         return model.lm_loss(out.logits, labels)
 
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         report = tinypft.gradcheck(loss_fn, list(params), names=list(names))
     assert report.checked == model.num_parameters()
 

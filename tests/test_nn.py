@@ -9,7 +9,7 @@ import pytest
 
 import tinypft
 from tinypft import Tensor
-from tinypft.engine.random import manual_seed
+from tinypft.engine.rng import manual_seed
 from tinypft.nn import (
     GELU,
     Dropout,

@@ -15,7 +15,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tinypft.engine import Function, GradcheckError, Tensor, functional, gradcheck, manual_seed, ops
+from tinypft.engine import (
+    Function,
+    GradcheckError,
+    Tensor,
+    functional,
+    gradcheck,
+    manual_seed,
+    ops,
+    use_fused_kernels,
+)
 
 SETTINGS = settings(deadline=None, max_examples=15, derandomize=True)
 F64 = np.float64
@@ -305,7 +314,7 @@ def last_axis_case(draw: st.DrawFn) -> tuple[Tensor, int]:
 @given(case=last_axis_case())
 def test_softmax_family(fused: bool, op, case: tuple[Tensor, int]) -> None:  # noqa: ANN001
     x, axis = case
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         check(lambda t: op(t, axis=axis), [x])
 
 
@@ -316,7 +325,7 @@ def test_layer_norm(fused: bool, data: st.DataObject) -> None:
     shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=2, max_side=5))
     d = shape[-1]
     x, w, b = leaf(data.draw(values(shape))), leaf(data.draw(values((d,)))), leaf(data.draw(values((d,))))
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         check(functional.layer_norm, [x, w, b])
 
 
@@ -329,7 +338,7 @@ def test_linear(fused: bool, data: st.DataObject) -> None:
     inputs = [leaf(data.draw(values((*batch, d_in)))), leaf(data.draw(values((d_out, d_in))))]
     if data.draw(st.booleans()):
         inputs.append(leaf(data.draw(values((d_out,)))))  # with a bias
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         check(functional.linear, inputs)
 
 
@@ -343,7 +352,7 @@ def test_cross_entropy_with_ignore_index(fused: bool, data: st.DataObject) -> No
     if np.all(targets == -100):
         targets.flat[0] = classes - 1  # at least one position must count
     logits = leaf(data.draw(values((*batch, classes), -4.0, 4.0)))
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         check(lambda t: functional.cross_entropy(t, targets), [logits])
 
 
@@ -357,7 +366,7 @@ def test_attention_with_causal_mask(fused: bool, data: st.DataObject) -> None:
     mask = functional.causal_mask(tq, tk) if data.draw(st.booleans()) else None
     q = leaf(data.draw(values((b, h, tq, d))))
     k, v = (leaf(data.draw(values((b, h, tk, d)))) for _ in range(2))
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         check(lambda *t: functional.attention(*t, mask=mask), [q, k, v])
 
 
@@ -365,7 +374,7 @@ def test_attention_with_causal_mask(fused: bool, data: st.DataObject) -> None:
 @SETTINGS
 @given(x=tensor_of())
 def test_functional_gelu(fused: bool, x: Tensor) -> None:
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         check(functional.gelu, [x])
 
 
@@ -384,7 +393,7 @@ def test_softmax_and_log_softmax_stable_for_huge_inputs(fused: bool, dtype: type
     raw[0] = 1e5  # a row of ties at a huge value
     x = Tensor(raw, dtype=dtype)
     expected_log = stable_log_softmax(raw.astype(dtype).astype(np.float64))
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         logp = functional.log_softmax(x).numpy()
         p = functional.softmax(x).numpy()
     assert np.all(np.isfinite(logp)) and np.all(np.isfinite(p))
@@ -397,7 +406,7 @@ def test_softmax_and_log_softmax_stable_for_huge_inputs(fused: bool, dtype: type
 @BOTH_PATHS
 def test_softmax_gradient_finite_for_huge_inputs(fused: bool) -> None:
     x = Tensor(np.array([[1e5, 0.0, -1e5], [3e5, 3e5, 1.0]]), requires_grad=True, dtype=F64)
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         (functional.log_softmax(x) * 1.5).sum().backward()
         assert np.all(np.isfinite(x.grad))
         x.grad = None
@@ -413,7 +422,7 @@ def test_cross_entropy_averages_only_counted_targets(fused: bool) -> None:
     targets[0, 1] = targets[1, 3] = targets[1, 4] = -100
     keep = targets != -100
     expected = -np.mean(stable_log_softmax(logits)[keep, targets[keep]])
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         assert functional.cross_entropy(Tensor(logits, dtype=F64), targets).item() == pytest.approx(
             expected, rel=1e-13
         )
@@ -431,7 +440,7 @@ def test_cross_entropy_averages_only_counted_targets(fused: bool) -> None:
 @BOTH_PATHS
 def test_cross_entropy_gradient_is_zero_on_ignored_rows(fused: bool) -> None:
     logits = leaf(np.random.default_rng(1).standard_normal((4, 3)))
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         functional.cross_entropy(logits, np.array([2, -100, 0, -100])).backward()
     np.testing.assert_array_equal(logits.grad[[1, 3]], 0.0)
     assert np.all(logits.grad[[0, 2]] != 0.0)

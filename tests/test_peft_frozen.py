@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from tiny_models import TINY, tiny_model
 
-from tinypft.engine import functional
+from tinypft.engine import use_fused_kernels
 from tinypft.optim import AdamW
 from tinypft.peft import (
     BitFitConfig,
@@ -94,7 +94,7 @@ def matmuls_in_backward(peft_model, name: str, monkeypatch) -> int:
 def test_frozen_weights_cost_no_weight_gradient_matmul(name, fused, monkeypatch):
     """BitFit needs every activation gradient full fine-tuning needs, so it saves exactly the weight
     gradients: 6 per layer (q, k, v, o, fc_in, fc_out) and the tied LM head. The others save more."""
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         full = matmuls_in_backward(get_peft_model(tiny_model(), FullFinetuneConfig()), "full", monkeypatch)
         method = matmuls_in_backward(get_peft_model(tiny_model(), METHODS[name]), name, monkeypatch)
     weight_gradients = 6 * TINY["n_layers"] + 1

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tinypft.engine import Tensor, functional, get_rng, manual_seed, ops
+from tinypft.engine import Tensor, functional, get_rng, manual_seed, ops, use_fused_kernels
 
 torch = pytest.importorskip("torch")
 TF = torch.nn.functional
@@ -302,7 +302,7 @@ def _label(name: str, fused: bool) -> str:
 @pytest.mark.parametrize("axis", [-1, 0, 1])
 def test_softmax_and_log_softmax(fused: bool, axis: int) -> None:
     x = 5 * normal(2, 3, 4)
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         compare(
             _label(f"softmax {axis}", fused),
             lambda t: functional.softmax(t, axis),
@@ -319,7 +319,7 @@ def test_softmax_and_log_softmax(fused: bool, axis: int) -> None:
 
 @BOTH_PATHS
 def test_gelu(fused: bool) -> None:
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         compare(
             _label("functional.gelu", fused),
             functional.gelu,
@@ -330,7 +330,7 @@ def test_gelu(fused: bool) -> None:
 
 @BOTH_PATHS
 def test_layer_norm(fused: bool) -> None:
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         compare(
             _label("layer_norm", fused),
             functional.layer_norm,
@@ -343,7 +343,7 @@ def test_layer_norm(fused: bool) -> None:
 
 @BOTH_PATHS
 def test_linear(fused: bool) -> None:
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         compare(
             _label("linear", fused),
             functional.linear,
@@ -361,7 +361,7 @@ def test_linear(fused: bool) -> None:
 def test_cross_entropy_with_ignore_index(fused: bool) -> None:
     targets = np.array([[1, -100, 4, 0], [2, 2, -100, 3]])
     targets_t = torch.from_numpy(targets).reshape(-1)
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         compare(
             _label("cross_entropy", fused),
             lambda x: functional.cross_entropy(x, targets),
@@ -383,7 +383,7 @@ def _torch_attention(q: Any, k: Any, v: Any, mask: np.ndarray | None) -> Any:
 def test_attention(fused: bool, tq: int, tk: int, masked: bool) -> None:
     mask = functional.causal_mask(tq, tk) if masked else None
     q, k, v = normal(2, 2, tq, 3), normal(2, 2, tk, 3, seed=1), normal(2, 2, tk, 3, seed=2)
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         compare(
             _label(f"attention {tq}x{tk}", fused),
             lambda *t: functional.attention(*t, mask=mask),

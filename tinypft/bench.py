@@ -13,7 +13,7 @@ prefix or prompt length, so that every method fits the same context and processe
 * ms per training step (forward, backward, AdamW), the median over ``--steps`` steps after
   warm-up, and tokens per second (B T / step) for full fine-tuning, BitFit, prefix-tuning
   (through its MLP) and prompt-tuning; tinypft's and PyTorch's steps, and the fused and the
-  composed full steps (``use_fused(False)``), are timed in alternation, so that a change in the
+  composed full steps (``use_fused_kernels(False)``), are timed in alternation, so that a change in the
   machine's load affects both alike;
 * peak memory of one step: the largest amount of memory allocated by Python and NumPy during the
   step, beyond what was allocated before it (``tracemalloc``: activations, gradients, temporaries;
@@ -55,9 +55,8 @@ from typing import Any
 
 import numpy as np
 
-from .engine import manual_seed
+from .engine import manual_seed, use_fused_kernels
 from .engine.allocator import malloc_tuned, tune_malloc
-from .engine.functional import use_fused
 from .model import GPT, GPTConfig
 from .model.decode import use_fast_decode
 from .optim import AdamW
@@ -162,10 +161,10 @@ def paired_median_ms(steps: dict[str, Callable[[], Any]], n: int, warmup: int) -
 
 
 def composed(step: Callable[[], Any]) -> Callable[[], Any]:
-    """``step`` run on the composed reference path (``use_fused(False)``)."""
+    """``step`` run on the composed reference path (``use_fused_kernels(False)``)."""
 
     def run() -> Any:
-        with use_fused(False):
+        with use_fused_kernels(False):
             return step()
 
     return run
@@ -625,7 +624,7 @@ def format_report(r: dict[str, Any]) -> str:
     mm, g, gb = r["matmul"], r["generation"], r["generation_batch"]
     lines += [
         "",
-        f"full step, composed path (use_fused(False)): {r['composed_full_ms']:.1f} ms, "
+        f"full step, composed path (use_fused_kernels(False)): {r['composed_full_ms']:.1f} ms, "
         f"fused {r['fused_full_ms']:.1f} ms (timed in alternation) "
         f"-> fused is {r['fused_speedup']:.2f}x faster",
         f"np.matmul in one full step: {mm['calls']} calls, {mm['gflop_per_step']:.2f} GFLOP, "

@@ -7,17 +7,21 @@ from .autograd import (
     Tensor,
     as_tensor,
     default_dtype,
+    fused_kernels_enabled,
     get_default_dtype,
     is_grad_enabled,
     no_grad,
     set_default_dtype,
+    set_fused_kernels,
+    use_fused_kernels,
 )
 from .gradcheck import GradcheckError, GradcheckReport, gradcheck
 from .ops import unbroadcast
-from .random import get_rng, manual_seed
+from .rng import get_rng, manual_seed
 
 __all__ = [
     "Context", "Function", "GradcheckError", "GradcheckReport", "Tensor", "as_tensor", "default_dtype",
-    "functional", "get_default_dtype", "get_rng", "gradcheck", "is_grad_enabled", "manual_seed", "no_grad",
-    "ops", "set_default_dtype", "unbroadcast",
+    "functional", "fused_kernels_enabled", "get_default_dtype", "get_rng", "gradcheck", "is_grad_enabled",
+    "manual_seed", "no_grad", "ops", "set_default_dtype", "set_fused_kernels", "unbroadcast",
+    "use_fused_kernels",
 ]

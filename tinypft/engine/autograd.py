@@ -14,20 +14,30 @@ Three ideas make the whole engine:
 
 Gradients of inputs that do not require one are never computed: ``ctx.needs_input_grad`` tells
 each backward which of its inputs to skip, so a frozen weight costs no weight-gradient matmul.
+
+Besides, this module keeps the engine's three switches: ``no_grad`` (record no graph), the default
+float dtype, and ``use_fused_kernels`` (the fast kernels of ``fused.py`` or the composed reference).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+# Tensor's operators call the functions of ops.py (``x + y`` is ``ops.add(x, y)``), and ops.py imports this
+# module for Tensor and Function. To keep the imports one-way, this module imports ops for type checkers
+# only; at run time ops.py binds the name ``ops`` here as its last line, before any operator can run.
+if TYPE_CHECKING:
+    from . import ops
 
 # ----------------------------------------------------------------------------- global state
 
 _default_dtype: np.dtype = np.dtype(np.float32)
 _grad_enabled: bool = True
+_fused_kernels: bool = True
 
 
 def set_default_dtype(dtype: Any) -> None:
@@ -69,6 +79,33 @@ def no_grad() -> Iterator[None]:
 
 def is_grad_enabled() -> bool:
     return _grad_enabled
+
+
+def set_fused_kernels(enabled: bool) -> None:
+    """Run the fused kernels of ``fused.py`` (fast; the default) or the composed reference versions.
+
+    The composites of ``functional.py`` (and the embedding's backward) read this switch when they run:
+    on, each hands its work to one fused ``Function`` with a hand-derived backward; off, it is
+    computed from primitives, the definition the fused kernels are tested against.
+    """
+    global _fused_kernels
+    _fused_kernels = bool(enabled)
+
+
+def fused_kernels_enabled() -> bool:
+    """Whether the composites run as fused kernels (True unless switched off)."""
+    return _fused_kernels
+
+
+@contextlib.contextmanager
+def use_fused_kernels(enabled: bool) -> Iterator[None]:
+    """Context manager: ``with use_fused_kernels(False): ...`` runs the composed reference versions."""
+    previous = _fused_kernels
+    set_fused_kernels(enabled)
+    try:
+        yield
+    finally:
+        set_fused_kernels(previous)
 
 
 # ----------------------------------------------------------------------------- functions
@@ -285,8 +322,6 @@ class Tensor:
 
     def astype(self, dtype: Any) -> Tensor:
         """A copy with another dtype (differentiable for float to float)."""
-        from . import ops
-
         return ops.cast(self, np.dtype(dtype))
 
     @property
@@ -313,7 +348,7 @@ class Tensor:
         body = np.array2string(self.data, precision=4, threshold=20, edgeitems=2, prefix="tensor(")
         return f"tensor({body}, dtype={self.dtype}{grad})"
 
-    # -- operators: thin aliases of the functions in ops.py
+    # -- operators: thin aliases of the functions in ops.py (see ``ops`` at the top of this module)
     def __add__(self, other: Any) -> Tensor:
         return ops.add(self, other)
 
@@ -432,6 +467,3 @@ def as_tensor(value: Any, like: Tensor | None = None) -> Tensor:
     if like is not None and like.dtype.kind == "f" and array.dtype.kind in "fiu":
         return Tensor(array, dtype=like.dtype)  # explicit dtype: not converted to the default one
     return Tensor(array)
-
-
-from . import ops  # noqa: E402  (ops needs Tensor and Function defined above)

@@ -1,49 +1,25 @@
-"""Composite operations built only from the primitives in ``ops.py``.
+"""Composite operations built only from the primitives in ``ops.py``: the reference definitions.
 
 Their gradients come for free from the primitives' backward passes, so they are correct as soon as
-the primitives are. ``fused.py`` has faster single-step versions of the hot ones; which one runs is
-chosen by ``use_fused`` (the composed versions here stay the reference that the fused ones are
-tested against).
+the primitives are. The hot ones also exist as fused kernels (``fused.py``: one Function each, with a
+hand-derived backward, faster). While the fused kernels are switched on (``use_fused_kernels``, the
+default) each of those composites hands its work to its kernel in one line; switched off, the
+composed code runs, and it is what the fused kernels are tested against.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from . import fused, ops
-from .autograd import Tensor
-
-_fused = True
-
-
-def set_fused(enabled: bool) -> None:
-    """Choose the fused kernels (fast) or the composed reference versions (readable)."""
-    global _fused
-    _fused = bool(enabled)
-
-
-def fused_enabled() -> bool:
-    return _fused
-
-
-@contextlib.contextmanager
-def use_fused(enabled: bool) -> Iterator[None]:
-    """``with use_fused(False): ...`` runs the composed reference versions inside the block."""
-    previous = _fused
-    set_fused(enabled)
-    try:
-        yield
-    finally:
-        set_fused(previous)
+from .autograd import Tensor, fused_kernels_enabled
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x W^T + b with W of shape (out, in), b of shape (out,): x (..., in) -> y (..., out)."""
-    if _fused:
+    if fused_kernels_enabled():
         return fused.linear(x, weight, bias)
     y = x @ weight.T  # (..., out)
     return y if bias is None else y + bias
@@ -55,7 +31,7 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     Subtracting the max keeps exp from overflowing and changes nothing else (softmax is shift
     invariant), so the shift is detached: it carries no gradient.
     """
-    if _fused:
+    if fused_kernels_enabled():
         return fused.softmax(x, axis)
     shifted = x - x.max(axis=axis, keepdims=True).detach()
     e = shifted.exp()
@@ -73,7 +49,7 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Te
 
     x (..., d), weight (d,), bias (d,); var is the biased variance (divides by d), as in GPT-2.
     """
-    if _fused:
+    if fused_kernels_enabled():
         return fused.layer_norm(x, weight, bias, eps)
     mu = x.mean(axis=-1, keepdims=True)  # (..., 1)
     centered = x - mu  # (..., d)
@@ -106,7 +82,7 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100) -> Ten
     if picked.min() < 0 or picked.max() >= num_classes:
         bad = picked.max() if picked.max() >= num_classes else picked.min()
         raise IndexError(f"cross_entropy: target {bad} is out of range for {num_classes} classes")
-    if _fused:
+    if fused_kernels_enabled():
         return fused.cross_entropy(logits, flat_targets, rows)
     flat_logits = logits.reshape(-1, num_classes)  # (N, C)
     logp = log_softmax(flat_logits[rows], axis=-1)  # (n, C)
@@ -131,7 +107,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
     True where attending is allowed. Masked scores get the dtype's most negative finite value
     rather than -inf, so a fully masked row (a padding query) gives a uniform row, not NaN.
     """
-    if _fused:
+    if fused_kernels_enabled():
         return fused.attention(q, k, v, mask)
     scale = 1.0 / np.sqrt(q.shape[-1])
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
@@ -143,7 +119,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
 
 def gelu(x: Tensor) -> Tensor:
     """GPT-2's GELU (tanh approximation); a primitive, see ops.GELU."""
-    if _fused:
+    if fused_kernels_enabled():
         return fused.gelu(x)
     return ops.gelu(x)
 

@@ -1,4 +1,24 @@
-"""Fused kernels: the hot composites of ``functional.py`` as single Functions with analytic backward.
+"""Fused kernels: fast versions of the composites of ``functional.py``, one Function each.
+
+The composites of ``functional.py`` are the definitions; each kernel here computes the same function
+faster, and each composite hands its work to its kernel while the fused kernels are switched on
+(``use_fused_kernels``, on by default). What each kernel must agree with, and the tests that check it:
+
+    kernel        reference (the definition)     agreement checked by
+    Linear        functional.linear               tests/test_fused.py::test_linear
+    GELU          ops.GELU (functional.gelu)      tests/test_fused.py::test_gelu
+    Softmax       functional.softmax              tests/test_fused.py::test_softmax
+    LayerNorm     functional.layer_norm           tests/test_fused.py::test_layer_norm
+    CrossEntropy  functional.cross_entropy        tests/test_fused.py::test_cross_entropy
+    Attention     functional.attention            tests/test_fused.py::test_attention
+
+Each of those tests compares values and gradients on both paths and gradchecks the kernel;
+``tinypft selftest`` gradchecks every kernel again and requires its forward values to match the
+reference to 1e-10 in float64 (its ``[fused]`` rows).
+
+The arithmetic of three forwards is also a plain function on arrays (``gelu_forward``,
+``layer_norm_forward``, ``attention_forward``): the fast cached decoding step (``model/decode.py``)
+runs them without autograd, and ``tests/test_fast_decode.py`` checks it against the general path.
 
 The composed versions record one graph node per primitive and allocate a fresh array at every
 step. Here each kernel is one node whose backward is derived by hand (the math is in each
@@ -13,7 +33,8 @@ ufuncs). Three rules keep that safe:
   weight-gradient matmul.
 
 Notation: ``g`` is dL/d(out); reductions over the last axis keep it (``keepdims=True``) so the
-result broadcasts back.
+result broadcasts back. Reductions call the ufunc's ``reduce`` (``np.add.reduce`` is what
+``ndarray.sum`` computes, without its wrapper's overhead, which counts on decoding's tiny arrays).
 """
 
 from __future__ import annotations
@@ -71,6 +92,19 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 # ----------------------------------------------------------------------------- gelu
 
 
+def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """GELU on an array: y = x s, s = sigmoid(2u) (see ``GELU``); returns y and s, which backward needs."""
+    s = np.multiply(x, x, out=np.empty_like(x))  # (...); out= keeps even a 0-d result an array
+    s *= -2 * GELU_C * GELU_A
+    s -= 2 * GELU_C
+    s *= x  # -2u
+    with np.errstate(over="ignore"):  # exp(-2u) = inf for very negative x gives s = 0, the exact limit
+        np.exp(s, out=s)
+    s += 1
+    np.reciprocal(s, out=s)  # s = sigmoid(2u)
+    return np.multiply(x, s, out=np.empty_like(x)), s  # (...) each
+
+
 class GELU(Function):
     """GPT-2's GELU: y = x/2 (1 + tanh(u)),  u = c (x + a x^3),  c = sqrt(2/pi),  a = 0.044715.
 
@@ -81,16 +115,9 @@ class GELU(Function):
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray) -> np.ndarray:
-        s = np.multiply(x, x, out=np.empty_like(x))  # (...); out= keeps even a 0-d result an array
-        s *= -2 * GELU_C * GELU_A
-        s -= 2 * GELU_C
-        s *= x  # -2u
-        with np.errstate(over="ignore"):  # exp(-2u) = inf for very negative x gives s = 0, the exact limit
-            np.exp(s, out=s)
-        s += 1
-        np.reciprocal(s, out=s)  # s = sigmoid(2u)
+        y, s = gelu_forward(x)
         ctx.save_for_backward(x, s)
-        return np.multiply(x, s, out=np.empty_like(x))
+        return y
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -117,7 +144,7 @@ def gelu(x: Tensor) -> Tensor:
 def _exp_normalize(shifted: np.ndarray, axis: int) -> np.ndarray:
     """Turn ``shifted`` = x - max(x) (an array the caller owns) into softmax(x) in place."""
     np.exp(shifted, out=shifted)
-    shifted /= shifted.sum(axis=axis, keepdims=True)
+    shifted /= np.add.reduce(shifted, axis=axis, keepdims=True)
     return shifted
 
 
@@ -150,6 +177,24 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 # ----------------------------------------------------------------------------- layer norm
 
 
+def layer_norm_forward(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """LayerNorm of x (..., d) on arrays (see ``LayerNorm``): returns y (..., d), mean and rstd (..., 1)."""
+    mean = np.add.reduce(x, axis=-1, keepdims=True)  # (..., 1); ndarray.mean is the same sum, more Python
+    mean /= x.shape[-1]
+    y = x - mean  # (..., d), centred
+    var = np.vecdot(y, y)[..., None]  # (..., 1), sum of squares
+    var /= x.shape[-1]  # biased variance
+    var += eps
+    rstd = np.sqrt(var, out=var)
+    np.reciprocal(rstd, out=rstd)  # (..., 1)
+    y *= rstd  # x_hat
+    y *= weight
+    y += bias
+    return y, mean, rstd
+
+
 class LayerNorm(Function):
     """y = x_hat * w + b over the last axis (size d),  x_hat = (x - mean) * rstd,  rstd = 1/sqrt(var + eps).
 
@@ -162,17 +207,7 @@ class LayerNorm(Function):
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-        mean = x.sum(axis=-1, keepdims=True)  # (..., 1); ndarray.mean is the same sum, more Python
-        mean /= x.shape[-1]
-        y = x - mean  # (..., d), centred
-        var = np.vecdot(y, y)[..., None]  # (..., 1), sum of squares
-        var /= x.shape[-1]  # biased variance
-        var += eps
-        rstd = np.sqrt(var, out=var)
-        np.reciprocal(rstd, out=rstd)  # (..., 1)
-        y *= rstd  # x_hat
-        y *= weight
-        y += bias
+        y, mean, rstd = layer_norm_forward(x, weight, bias, eps)
         ctx.save_for_backward(x, mean, rstd, weight)
         return y
 
@@ -246,6 +281,23 @@ def cross_entropy(logits: Tensor, flat_targets: np.ndarray, rows: np.ndarray) ->
 # ----------------------------------------------------------------------------- attention
 
 
+def attention_forward(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, score_bias: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Attention on arrays (see ``Attention``): returns out = P V (B, H, Tq, d) and P (B, H, Tq, Tk).
+
+    ``score_bias`` (broadcastable to (B, H, Tq, Tk)) is added to the scores: 0 where attending is
+    allowed, the dtype's minimum where it is not; None when every key is visible.
+    """
+    scale = q.shape[-1] ** -0.5  # a Python float: keeps float32 float32
+    p = np.matmul(q * scale, np.swapaxes(k, -1, -2))  # (B, H, Tq, Tk), the scores S
+    if score_bias is not None:
+        p += score_bias
+    p -= np.maximum.reduce(p, axis=-1, keepdims=True)
+    _exp_normalize(p, axis=-1)  # (B, H, Tq, Tk), P
+    return np.matmul(p, v), p
+
+
 class Attention(Function):
     """out = P V,  P = softmax(S),  S = Q K^T * s with masked scores set to the dtype's minimum.
 
@@ -265,16 +317,12 @@ class Attention(Function):
     def forward(
         ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None
     ) -> np.ndarray:
-        scale = q.shape[-1] ** -0.5  # a Python float: keeps float32 float32
-        p = np.matmul(q * scale, np.swapaxes(k, -1, -2))  # (B, H, Tq, Tk), the scores S
-        empty_rows = False
+        score_bias, empty_rows = None, False
         if mask is not None and not mask.all():  # an all-True mask (one prompt, decoding) changes nothing
-            p += np.where(mask, 0, np.finfo(p.dtype).min)  # broadcast, e.g. (Tq, Tk) or (B, 1, Tq, Tk)
+            score_bias = np.where(mask, 0, np.finfo(q.dtype).min)  # e.g. (Tq, Tk) or (B, 1, Tq, Tk)
             empty_rows = not mask.any(axis=-1).all()  # some query may attend to nothing
-        p -= p.max(axis=-1, keepdims=True)
-        _exp_normalize(p, axis=-1)  # (B, H, Tq, Tk), P
-        out = np.matmul(p, v)  # (B, H, Tq, d)
-        ctx.save_for_backward(q, k, v, p, out, mask if empty_rows else None, scale)
+        out, p = attention_forward(q, k, v, score_bias)  # (B, H, Tq, d), (B, H, Tq, Tk)
+        ctx.save_for_backward(q, k, v, p, out, mask if empty_rows else None, q.shape[-1] ** -0.5)
         return out
 
     @staticmethod
@@ -305,24 +353,3 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -
     if mask is not None:
         mask = np.asarray(mask.data if isinstance(mask, Tensor) else mask, dtype=bool)
     return Attention.apply(q, k, v, mask=mask)
-
-
-# ----------------------------------------------------------------------------- embedding
-
-
-def embedding_backward(ids: np.ndarray, grad: np.ndarray, num_rows: int) -> np.ndarray:
-    """dweight (num_rows, dim): the rows of ``grad`` (..., dim) summed by their id in ``ids`` (...).
-
-    Sorting the ids puts equal ids next to each other, so each run of equal ids is one
-    contiguous block summed by ``np.add.reduceat``: much faster than the scatter ``np.add.at``.
-    """
-    flat_ids = ids.reshape(-1)  # (N,)
-    flat_grad = grad.reshape(flat_ids.size, grad.shape[-1])  # (N, dim)
-    dweight = np.zeros((num_rows, grad.shape[-1]), dtype=grad.dtype)
-    if flat_ids.size == 0:
-        return dweight
-    order = np.argsort(flat_ids, kind="stable")
-    sorted_ids = flat_ids[order]  # (N,)
-    starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))  # where runs begin
-    dweight[sorted_ids[starts]] = np.add.reduceat(flat_grad[order], starts, axis=0)
-    return dweight

@@ -9,12 +9,14 @@ the forward pass, its gradient is summed back over the stretched axes in the bac
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
 
-from .autograd import Context, Function, Tensor, as_tensor
-from .random import get_rng
+from . import autograd
+from .autograd import Context, Function, Tensor, as_tensor, fused_kernels_enabled
+from .rng import get_rng
 
 Axis = int | tuple[int, ...] | None
 
@@ -43,8 +45,13 @@ def _binary(a: Any, b: Any) -> tuple[Tensor, Tensor]:
     return a, b
 
 
-def _broadcast_error(op: str, a: np.ndarray, b: np.ndarray) -> ValueError:
-    return ValueError(f"{op}: shapes {a.shape} and {b.shape} cannot be broadcast together")
+def _elementwise(op: str, ufunc: np.ufunc, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``ufunc(a, b)``, with NumPy's error for shapes that do not broadcast reworded to name the op:
+    "add: shapes (2, 3) and (4,) cannot be broadcast together". Every binary forward computes through it."""
+    try:
+        return ufunc(a, b)
+    except ValueError:
+        raise ValueError(f"{op}: shapes {a.shape} and {b.shape} cannot be broadcast together") from None
 
 
 # ----------------------------------------------------------------------------- elementwise binary
@@ -56,10 +63,7 @@ class Add(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ctx.save_for_backward(a.shape, b.shape)
-        try:
-            return a + b
-        except ValueError:
-            raise _broadcast_error("add", a, b) from None
+        return _elementwise("add", np.add, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -75,10 +79,7 @@ class Sub(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ctx.save_for_backward(a.shape, b.shape)
-        try:
-            return a - b
-        except ValueError:
-            raise _broadcast_error("sub", a, b) from None
+        return _elementwise("sub", np.subtract, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -94,10 +95,7 @@ class Mul(Function):
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         ctx.save_for_backward(a, b)
-        try:
-            return a * b
-        except ValueError:
-            raise _broadcast_error("mul", a, b) from None
+        return _elementwise("mul", np.multiply, a, b)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
@@ -112,10 +110,7 @@ class Div(Function):
 
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        try:
-            out = a / b
-        except ValueError:
-            raise _broadcast_error("div", a, b) from None
+        out = _elementwise("div", np.divide, a, b)
         ctx.save_for_backward(a.shape, b, out)
         return out
 
@@ -536,12 +531,30 @@ class Where(Function):
 # ----------------------------------------------------------------------------- lookups and noise
 
 
+def embedding_backward(ids: np.ndarray, grad: np.ndarray, num_rows: int) -> np.ndarray:
+    """dweight (num_rows, dim): the rows of ``grad`` (..., dim) summed by their id in ``ids`` (...).
+
+    Sorting the ids puts equal ids next to each other, so each run of equal ids is one
+    contiguous block summed by ``np.add.reduceat``: much faster than the scatter ``np.add.at``.
+    """
+    flat_ids = ids.reshape(-1)  # (N,)
+    flat_grad = grad.reshape(flat_ids.size, grad.shape[-1])  # (N, dim)
+    dweight = np.zeros((num_rows, grad.shape[-1]), dtype=grad.dtype)
+    if flat_ids.size == 0:
+        return dweight
+    order = np.argsort(flat_ids, kind="stable")
+    sorted_ids = flat_ids[order]  # (N,)
+    starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))  # where runs begin
+    dweight[sorted_ids[starts]] = np.add.reduceat(flat_grad[order], starts, axis=0)
+    return dweight
+
+
 class Embedding(Function):
     """out[..., :] = weight[ids[...], :];  dweight = g scatter-added into the looked-up rows.
 
     A token id that occurs several times receives the sum of its gradients: ``np.add.at`` on the
-    composed path (the reference), ``fused.embedding_backward`` (sorted ids, one ``reduceat``)
-    when the fused kernels were on at forward time.
+    composed path (the reference), ``embedding_backward`` (sorted ids, one ``reduceat``) when the
+    fused kernels were on at forward time.
     """
 
     @staticmethod
@@ -558,8 +571,6 @@ class Embedding(Function):
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         shape, ids, fused = ctx.saved
         if fused:
-            from .fused import embedding_backward  # here: fused.py imports this module
-
             return (embedding_backward(ids, g, shape[0]),)
         dweight = np.zeros(shape, dtype=g.dtype)
         np.add.at(dweight, ids.reshape(-1), g.reshape(-1, shape[1]))
@@ -716,10 +727,8 @@ def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
 
 def embedding(weight: Tensor, ids: Any) -> Tensor:
     """Rows of ``weight`` (num_embeddings, dim) picked by integer ``ids`` (...): shape (..., dim)."""
-    from .functional import fused_enabled  # here: functional.py imports this module
-
     ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
-    return Embedding.apply(weight, ids=ids, fused=fused_enabled())
+    return Embedding.apply(weight, ids=ids, fused=fused_kernels_enabled())
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
@@ -729,3 +738,6 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if not training or p == 0.0:
         return x
     return Dropout.apply(x, p=p)
+
+
+autograd.ops = sys.modules[__name__]  # Tensor's operators call the functions above (see autograd.py)

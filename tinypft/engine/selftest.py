@@ -28,9 +28,9 @@ import numpy as np
 
 from . import functional as F
 from . import ops
-from .autograd import Tensor, no_grad
+from .autograd import Tensor, no_grad, use_fused_kernels
 from .gradcheck import gradcheck
-from .random import get_rng, manual_seed
+from .rng import get_rng, manual_seed
 
 FUSED_MODULE = "tinypft.engine.fused"
 FUSED_FORWARD_ATOL = 1e-10  # a fused kernel's forward must match the composed one this closely (float64)
@@ -364,7 +364,7 @@ CHECKS: list[Check] = [
 def _run_check(check: Check, rng: np.random.Generator, fused: bool) -> SelftestResult:
     """Gradcheck every case of ``check`` with the fused kernels on or off."""
     label = f"{check.name} [fused]" if fused else check.name
-    with F.use_fused(fused):
+    with use_fused_kernels(fused):
         try:
             cases = check.build(rng)
         except Exception as exc:  # a broken op can fail while the inputs are being prepared
@@ -389,7 +389,7 @@ def _check_fused_forward(case: Case) -> None:
     """A fused kernel must compute the same values as the composed reference."""
     with no_grad():
         fused_out = case.fn(*case.inputs).data
-        with F.use_fused(False):
+        with use_fused_kernels(False):
             reference = case.fn(*case.inputs).data
     diff = float(np.max(np.abs(fused_out - reference), initial=0.0))
     if not diff <= FUSED_FORWARD_ATOL:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from ..engine import Tensor, default_dtype, get_rng, gradcheck
+from ..engine import Tensor, default_dtype, fused_kernels_enabled, get_rng, gradcheck, set_fused_kernels
 from ..engine import functional as F
 from ..engine.autograd import Context, Function
 from ..engine.gradcheck import GradcheckError
@@ -112,12 +112,12 @@ def _matches(got: Any, candidate: np.ndarray, atol: float = 1e-8) -> bool:
 def _engine_state() -> Iterator[None]:
     """Restore the global random generator (model construction draws from it) and the fused setting."""
     rng_state = get_rng().bit_generator.state
-    fused = F.fused_enabled()
+    fused = fused_kernels_enabled()
     try:
         yield
     finally:
         get_rng().bit_generator.state = rng_state
-        F.set_fused(fused)
+        set_fused_kernels(fused)
 
 
 def _leaf(array: np.ndarray) -> Tensor:
@@ -554,7 +554,7 @@ def check_layer_norm(fn: Callable[[Tensor, Tensor, Tensor, float], Tensor]) -> N
         out = _call(check, where, fn, x, w, b, 1e-5)
         out = _require_tensor_with_graph(check, where, out, [x, w, b])
         with _engine_state():
-            F.set_fused(False)
+            set_fused_kernels(False)
             ref = F.layer_norm(x, w, b, 1e-5)
         if not _matches(out, ref.data):
             for candidate, hint in _layer_norm_variants(x, w, b, 1e-5):
@@ -661,7 +661,7 @@ def check_attention(fn: Callable[[Tensor, Tensor, Tensor, np.ndarray | None], Te
         out = _call(check, name, fn, q, k, v, mask)
         out = _require_tensor_with_graph(check, name, out, [q, k, v])
         with _engine_state():
-            F.set_fused(False)
+            set_fused_kernels(False)
             ref = F.attention(q, k, v, mask)
         got = _array(out)
         if got.shape == ref.shape and np.isnan(got).any():
@@ -1010,7 +1010,7 @@ def check_lm_loss(fn: Callable[[np.ndarray, np.ndarray], float]) -> None:
         targets = np.full_like(labels, -100)
         targets[:, :-1] = labels[:, 1:]
         with _engine_state():
-            F.set_fused(False)
+            set_fused_kernels(False)
             expected = float(F.cross_entropy(Tensor(logits, dtype=np.float64), targets).item())
         if np.isclose(value, expected, rtol=1e-9, atol=1e-9):
             continue

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Tensor, ops
+from ..engine import Tensor, ops, set_fused_kernels
 from ..engine import functional as F
 from ..model import GPT, GPTConfig
 from .checks import (
@@ -125,7 +125,7 @@ def check_prefix_attention(fn: Callable[..., Tensor]) -> None:
             _fail(check, f"{call}: your function changed its inputs",
                   "build new tensors; do not write into .data")
         with _engine_state():
-            F.set_fused(False)
+            set_fused_kernels(False)
             ref_inputs = [_leaf(a) for a in arrays]
             q, k, v, pk, pv = ref_inputs
             keys = ops.concat([pk.broadcast_to((B, H, P, d)), k], axis=2)
@@ -259,7 +259,7 @@ def check_prefix_mlp(fn: Callable[..., Any]) -> None:
                     _fail(check, f"{call}: layer {i} {which} has shape {t.shape}, expected {shape}",
                           layout_hint)
         with _engine_state():
-            F.set_fused(False)
+            set_fused_kernels(False)
             ref_inputs = [_leaf(a) for a in arrays]
             emb, w1, b1, w2, b2 = ref_inputs
             expected = split_key_values((emb @ w1.T + b1).tanh() @ w2.T + b2, L, H)

@@ -13,9 +13,9 @@ and a dtype check each), 57 ``Module.__call__``s and 120 attribute lookups per t
                 x = x + fc_out(gelu(fc_in(LN_2(x))))
     logits = LN_f(x) wte^T                                         (B, T, V)
 
-Every operation is the one the fused path runs, in the same order (LayerNorm and GELU are the
-fused kernels' arithmetic written out of place), so the logits equal the general path's (the
-tests compare them). The parameters are read afresh at every step (nothing is cached on the
+Every operation is the one the fused path runs, in the same order (LayerNorm, GELU and attention
+are the fused kernels' own forward functions), so the logits equal the general path's (the tests
+compare them). The parameters are read afresh at every step (nothing is cached on the
 model), so a method that changes biases (BitFit) or swaps weights during its forward
 (``random_subset``) is seen as it is.
 
@@ -23,8 +23,8 @@ model), so a method that changes biases (BitFit) or swaps weights during its for
 ``kv_prefix_start``; it runs only when all of these hold, and otherwise returns None so that the
 general path runs instead:
 
-* the switch is on (``use_fast_decode``) and so are the fused kernels (``use_fused(False)`` means
-  "the composed reference everywhere");
+* the switch is on (``use_fast_decode``) and so are the fused kernels (``use_fused_kernels(False)``
+  means "the composed reference everywhere");
 * no gradient is wanted (``no_grad``) and the model is in eval mode (dropout is the identity);
 * the model has no classification head and the standard structure (``Block``, ``Linear``, ...);
 * the inputs and the cache are well-formed (a malformed one gets the general path's error).
@@ -41,10 +41,9 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..engine import Tensor, is_grad_enabled
-from ..engine.functional import causal_mask, fused_enabled
-from ..engine.fused import GELU_A
-from ..engine.ops import GELU_C
+from ..engine import Tensor, fused_kernels_enabled, is_grad_enabled
+from ..engine.functional import causal_mask
+from ..engine.fused import attention_forward, gelu_forward, layer_norm_forward
 from ..nn import Dropout, Embedding, LayerNorm, Linear
 from .gpt import GPT, MLP, Block, CausalSelfAttention, GPTOutput, KVCache
 
@@ -84,23 +83,10 @@ def _affine(x: np.ndarray, layer: Linear) -> np.ndarray:
 
 
 def _layer_norm(x: np.ndarray, norm: LayerNorm) -> np.ndarray:
-    """LayerNorm over the last axis of x (..., d): the fused kernel's operations in its order (so the
-    same numbers), written out of place: on arrays this small an ``out=`` call costs more than a new array."""
+    """LayerNorm over the last axis of x (..., d) with ``norm``'s current parameters: the fused forward."""
     params = norm._parameters
-    d = x.shape[-1]
-    y = x - np.add.reduce(x, axis=-1, keepdims=True) / d  # (..., d), centred
-    rstd = 1 / np.sqrt(np.vecdot(y, y)[..., None] / d + norm.eps)  # (..., 1), 1/sqrt(biased var + eps)
-    y *= rstd  # x_hat
-    y *= params["weight"].data
-    y += params["bias"].data
+    y, _, _ = layer_norm_forward(x, params["weight"].data, params["bias"].data, norm.eps)  # (..., d)
     return y
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    """GPT-2's GELU, x sigmoid(2u) with u = c (x + a x^3): the fused kernel's operations in its order."""
-    with np.errstate(over="ignore"):  # exp(-2u) = inf for very negative x gives 0, the exact limit
-        s = np.exp((x * x * (-2 * GELU_C * GELU_A) - 2 * GELU_C) * x)  # exp(-2u)
-    return x * (1 / (s + 1))
 
 
 def _has_standard_structure(model: GPT) -> bool:
@@ -158,7 +144,7 @@ def decode_step(
     onwards. Returns the GPTOutput the general path would (no cls_logits), or None when the
     conditions of the module docstring do not hold.
     """
-    if not _enabled or not fused_enabled() or is_grad_enabled() or model.training:
+    if not _enabled or not fused_kernels_enabled() or is_grad_enabled() or model.training:
         return None
     if model.cls_head is not None:
         return None
@@ -194,7 +180,6 @@ def decode_step(
     if T > 1:
         visible = visible & causal_mask(T, Tk)  # (B, 1, T, Tk)
     score_mask = None if visible.all() else np.where(visible, 0, np.finfo(x.dtype).min)  # (B, 1, T|1, Tk)
-    scale = hd**-0.5  # a Python float: keeps float32 float32
 
     new_cache = KVCache() if use_cache else None
     for i, block in enumerate(model._modules["blocks"]._modules.values()):
@@ -205,16 +190,11 @@ def decode_step(
         v = _affine(h, attn["v_proj"]).reshape(B, T, H, hd).transpose(0, 2, 1, 3)  # (B, H, T, hd)
         buffer = cache.write(i, k, v, cfg.context_length)  # appended in place when the cache owns its end
         k, v = buffer.arrays(Tk)  # (B, H, Tk, hd) each: views of [cached; new]
-        att = np.matmul(q * scale, np.swapaxes(k, -1, -2))  # (B, H, T, Tk)
-        if score_mask is not None:
-            att += score_mask
-        att -= np.maximum.reduce(att, axis=-1, keepdims=True)  # ufunc reductions: ndarray.max's wrapper costs
-        np.exp(att, out=att)
-        att /= np.add.reduce(att, axis=-1, keepdims=True)  # (B, H, T, Tk), softmax in place
-        y = np.matmul(att, v).transpose(0, 2, 1, 3).reshape(B * T, d)  # (B T, d), heads side by side
+        y, _ = attention_forward(q, k, v, score_mask)  # (B, H, T, hd)
+        y = y.transpose(0, 2, 1, 3).reshape(B * T, d)  # (B T, d), heads side by side
         x = x + _affine(y, attn["o_proj"]).reshape(B, T, d)  # (B, T, d)
         h = _layer_norm(x, block._modules["ln_2"]).reshape(B * T, d)  # (B T, d)
-        h = _gelu(_affine(h, mlp["fc_in"]))  # (B T, d_ff)
+        h, _ = gelu_forward(_affine(h, mlp["fc_in"]))  # (B T, d_ff)
         x = x + _affine(h, mlp["fc_out"]).reshape(B, T, d)  # (B, T, d)
         if new_cache is not None:
             new_cache.keys.append(Tensor._wrap(k))

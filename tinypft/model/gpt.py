@@ -36,7 +36,7 @@ import numpy as np
 
 from ..engine import Tensor, is_grad_enabled, ops
 from ..engine import functional as F
-from ..engine.random import get_rng
+from ..engine.rng import get_rng
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
 from .config import GPTConfig
 

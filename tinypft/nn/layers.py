@@ -1,6 +1,6 @@
 """The layers a GPT-2 is built from, each a thin Module around a function of ``engine.functional``.
 
-Every random initialization draws from ``engine.random.get_rng()``, so after ``manual_seed(n)``
+Every random initialization draws from ``engine.rng.get_rng()``, so after ``manual_seed(n)``
 two constructions are bit-identical.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 from ..engine import functional as F
 from ..engine import ops
 from ..engine.autograd import Tensor
-from ..engine.random import get_rng
+from ..engine.rng import get_rng
 from .module import Module, Parameter
 
 

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import Tensor, default_dtype, no_grad
-from ..engine.random import get_rng
+from ..engine.rng import get_rng
 from ..model import GPT
 from ..nn import Embedding, Linear, Module, Parameter, Sequential, Tanh
 from .config import PrefixTuningConfig, resolve_token_ids

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import Tensor, default_dtype, no_grad, ops
-from ..engine.random import get_rng
+from ..engine.rng import get_rng
 from ..model import GPT, GPTOutput
 from ..nn import Module, Parameter
 from .config import PromptTuningConfig, resolve_token_ids

@@ -42,7 +42,7 @@ from ..data import (
     reference_groups,
     repo_data_dir,
 )
-from ..engine import default_dtype, functional, get_rng, manual_seed
+from ..engine import default_dtype, get_rng, manual_seed, use_fused_kernels
 from ..io import WEIGHTS_NAME, atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 from ..model import GPT, GPTConfig
 from ..threads import num_threads
@@ -160,7 +160,7 @@ def pretrain(
     )
     manual_seed(seed)
     model = GPT(dataclasses.replace(config, dropout=dropout))
-    with functional.use_fused(fused):
+    with use_fused_kernels(fused):
         result = trainer(model, train_windows, train_config, eval_examples=dev, resume=resume)
 
         # Ship the rounded weights, and report the held-out loss of exactly those.
