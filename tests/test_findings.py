@@ -11,8 +11,9 @@ import pytest
 
 from tinypft.cli import main
 from tinypft.data import load_tokenizer
-from tinypft.experiments import findings
-from tinypft.experiments.findings import BUDGETS, Context, Stat, compare, sentence, stat
+from tinypft.experiments.findings import experiments, verdicts
+from tinypft.experiments.findings.runs import BUDGETS, Context
+from tinypft.experiments.findings.verdicts import Stat, compare, sentence, stat
 from tinypft.model import GPTConfig
 from tinypft.train.pretrain import pretrain
 
@@ -55,21 +56,21 @@ def fake_record(bleu: float, seconds: float = 1.0, **extra) -> dict:
 
 def test_rows_summarize_from_the_cache_and_a_missing_run_leaves_the_experiment_out(tmp_path: Path):
     ctx = Context(BUDGETS["quick"], (0, 1, 2), "tiny", tmp_path / "cache.json", tokenizer=object())
-    rows = findings.modes_rows(ctx)
+    rows = experiments.modes_rows(ctx)
     assert [r.label for r in rows] == ["prefix", "infix", "embedding_only"]
-    assert findings.summarize_rows(rows, ctx) is None
+    assert verdicts.summarize_rows(rows, ctx) is None
     values = {"prefix": (30, 31, 32), "infix": (20, 21, 22), "embedding_only": (20, 22, 24)}
     for row in rows:
         for spec, bleu in zip(row.specs, values[row.label]):
             ctx.store(spec, fake_record(bleu))
     again = Context(BUDGETS["quick"], (0, 1, 2), "tiny", tmp_path / "cache.json", tokenizer=object())
-    summary = findings.summarize_rows(rows, again)  # read back from the file
+    summary = verdicts.summarize_rows(rows, again)  # read back from the file
     assert summary["prefix"]["test_bleu"].mean == 31 and summary["embedding_only"]["test_bleu"].sd == 2
-    verdicts = findings.modes_verdict(summary, again)
-    assert verdicts[0].startswith("**Reproduced**") and verdicts[1].startswith("**Inconclusive**")
+    sentences = experiments.modes_verdict(summary, again)
+    assert sentences[0].startswith("**Reproduced**") and sentences[1].startswith("**Inconclusive**")
     # the key is the settings: another seed set shares seeds 0-2 and misses only seed 3
     more = Context(BUDGETS["quick"], (0, 1, 2, 3), "tiny", tmp_path / "cache.json", tokenizer=object())
-    missing = [s for r in findings.modes_rows(more) for s in r.specs if more.record(s) is None]
+    missing = [s for r in experiments.modes_rows(more) for s in r.specs if more.record(s) is None]
     assert [s.settings.seed for s in missing] == [3, 3, 3]
 
 
@@ -104,7 +105,7 @@ def test_every_run_of_every_experiment_can_be_prepared(checkpoint, tmp_path: Pat
 
     ctx = Context(BUDGETS["quick"], (0,), "tiny", tmp_path / "cache.json", checkpoint=checkpoint,
                   progress=False)
-    for experiment in findings.EXPERIMENTS.values():  # real_e2e too: the E2E data ships
+    for experiment in experiments.EXPERIMENTS.values():  # real_e2e too: the E2E data ships
         for row in experiment.rows(ctx):
             spec = row.specs[0]
             run = prepare(spec.settings, ctx.tokenizer)
@@ -113,17 +114,17 @@ def test_every_run_of_every_experiment_can_be_prepared(checkpoint, tmp_path: Pat
 
 def test_rows_that_answer_one_class_are_named(tmp_path: Path):
     ctx = Context(BUDGETS["quick"], (0, 1), "tiny", tmp_path / "cache.json", tokenizer=object())
-    dev, test = findings.one_class_accuracies(ctx, "dev"), findings.one_class_accuracies(ctx, "test")
+    dev, test = verdicts.one_class_accuracies(ctx, "dev"), verdicts.one_class_accuracies(ctx, "test")
     assert set(dev) | set(test) <= {"low", "average", "high"} and len(set(dev) | set(test)) > 1
     assert sum(dev.values()) == pytest.approx(1.0) and sum(test.values()) == pytest.approx(1.0)
     label = max(dev, key=dev.get)  # the constant answer that scores best on dev
-    rows = findings.ensemble_rows(ctx)
+    rows = experiments.ensemble_rows(ctx)
     for accuracy in ((dev[label], test.get(label, 0.0)), (dev[label], test.get(label, 0.0) + 0.1)):
         for spec in rows[0].specs:
             record = {"dev": {"accuracy": accuracy[0]}, "test": {"accuracy": accuracy[1]},
                       "trainable_params": 10, "train_seconds": 1.0, "wall_seconds": 1.0}
             ctx.store(spec, record)
-        note = findings.constant_answer_note(rows, findings.summarize_rows(rows, ctx), ctx)
+        note = verdicts.constant_answer_note(rows, verdicts.summarize_rows(rows, ctx), ctx)
         if accuracy[1] == test.get(label, 0.0):
             assert note and f'("{label}")' in note[0] and "no evidence either way" in note[0]
         else:
@@ -138,9 +139,9 @@ def test_the_low_data_verdict_needs_a_lead_before_it_can_narrow():
             out[f"full, {n} MRs"] = {"test_bleu": Stat(30.0, 0.5, [])}
         return out
 
-    behind = findings.lowdata_verdict(summary({50: -5, 100: -8, 200: -18, 500: -24, "all": -25}), None)
+    behind = experiments.lowdata_verdict(summary({50: -5, 100: -8, 200: -18, 500: -24, "all": -25}), None)
     assert behind[0].startswith("**Not reproduced**") and behind[-1].startswith("**Not reproduced**")
     assert "none to narrow" in behind[-1]
-    ahead = findings.lowdata_verdict(summary({50: 4, 100: 3, 200: 3, 500: 2, "all": 1}), None)
+    ahead = experiments.lowdata_verdict(summary({50: 4, 100: 3, 200: 3, 500: 2, "all": 1}), None)
     assert ahead[0].startswith("**Reproduced**") and ahead[-1].startswith("**Reproduced**")
     assert "none to narrow" not in ahead[-1]

@@ -51,7 +51,7 @@ COMMANDS: dict[str, Command] = {
         trains=True,
     ),
     "findings": Command(
-        "tinypft.experiments.findings", "re-run the papers' findings over seeds; write docs/results.md",
+        "tinypft.experiments.findings.cli", "re-run the papers' findings over seeds; write docs/results.md",
         trains=True,
     ),
     "scale": Command(

@@ -1,11 +1,9 @@
 """Checkers for lesson 7 (the showdown): what each method trains, what N tasks cost on disk, and the
 Pareto front of trainable parameters against BLEU.
 
-Like the other checkers, each runs the student's function on several inputs, compares it with
-tinypft's own numbers (``tinypft.peft.counts.trainable_parameter_count``) or with a reference, prints
-one line when everything agrees and otherwise raises an ``AssertionError`` naming the input, what was
-expected and what came back, with a hint. An unfinished exercise's ``NotImplementedError`` passes
-through unchanged.
+The reference numbers are ``tinypft.peft.counts.trainable_parameter_count``'s. Each checker reports
+as ``common`` describes: one line when everything agrees, else an ``AssertionError`` naming the
+input, with a hint.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from ..peft.config import (
     PromptTuningConfig,
 )
 from ..peft.counts import trainable_parameter_count
-from .checks import _call, _engine_state, _fail, _passed
+from .common import call_student, fail, passed, preserved_engine_state
 
 SHOWDOWN_METHODS = ("frozen", "full", "bitfit", "prefix", "prompt")
 
@@ -100,11 +98,11 @@ def check_trainable_count(fn: Callable[[str, GPTConfig, int], int]) -> None:
     for config, P in shapes:
         for method in SHOWDOWN_METHODS:
             call = f"fn({method!r}, {_describe(config)}, P={P})"
-            got = _call(check, call, fn, method, config, P)
+            got = call_student(check, call, fn, method, config, P)
             expected = trainable_parameter_count(config, _method_config(method, P))[0]
             if not isinstance(got, int | np.integer) or isinstance(got, bool):
-                _fail(check, f"{call}: returned {got!r:.60} ({type(got).__name__}), expected an int",
-                      "count with integer arithmetic (no /, no float())")
+                fail(check, f"{call}: returned {got!r:.60} ({type(got).__name__}), expected an int",
+                     "count with integer arithmetic (no /, no float())")
             if int(got) != expected:
                 hint = _count_hints(method, config, P, expected).get(int(got))
                 if hint is None:
@@ -112,23 +110,23 @@ def check_trainable_count(fn: Callable[[str, GPTConfig, int], int]) -> None:
                         "frozen": "the frozen model trains nothing",
                         "full": "config.num_parameters(): every weight, bias and LayerNorm parameter",
                         "bitfit": "per block 4 d (b_q, b_k, b_v, b_o) + d_ff + d (the FFN) + 2 d (LN betas), "
-                                  "then + d for ln_f",
+                             "then + d for ln_f",
                         "prefix": "P d + (d k + k) + (k 2Ld + 2Ld) with k = 512",
                         "prompt": "P d",
                     }[method]
-                _fail(check, f"{call}: got {int(got):,}, expected {expected:,} "
-                             f"(difference {int(got) - expected:+,})", hint)
+                fail(check, f"{call}: got {int(got):,}, expected {expected:,} "
+                            f"(difference {int(got) - expected:+,})", hint)
     # the same numbers from real models
-    with _engine_state():
+    with preserved_engine_state():
         config = GPTConfig(vocab_size=40, context_length=16, d_model=16, n_layers=3, n_heads=2)
         for method in SHOWDOWN_METHODS:
             model = get_peft_model(GPT(config), _method_config(method, 4))
             counted = model.get_nb_trainable_parameters()[0]
-            got = _call(check, f"fn({method!r}, {_describe(config)}, P=4)", fn, method, config, 4)
+            got = call_student(check, f"fn({method!r}, {_describe(config)}, P=4)", fn, method, config, 4)
             if int(got) != counted:
-                _fail(check, f"fn({method!r}, {_describe(config)}, P=4): got {int(got):,}, a {method} "
-                             f"PeftModel trains {counted:,}")
-    _passed(check, f"5 methods on {len(shapes)} shapes up to GPT-2 medium, and on real PeftModels")
+                fail(check, f"fn({method!r}, {_describe(config)}, P=4): got {int(got):,}, a {method} "
+                            f"PeftModel trains {counted:,}")
+    passed(check, f"5 methods on {len(shapes)} shapes up to GPT-2 medium, and on real PeftModels")
 
 
 # ----------------------------------------------------------------------------- storage for N tasks
@@ -154,38 +152,38 @@ def check_storage_for_tasks(fn: Callable[[int, int, int, int], tuple[int, int]])
     ]
     for where, n, base, adapter, nbytes in cases:
         call = f"{where}: fn({n}, {base}, {adapter}, {nbytes})"
-        got = _call(check, call, fn, n, base, adapter, nbytes)
+        got = call_student(check, call, fn, n, base, adapter, nbytes)
         if not isinstance(got, list | tuple) or len(got) != 2:
-            _fail(check, f"{call}: returned {got!r:.80}, expected a pair (with_adapters, full_copies)",
-                  "return two numbers: return with_adapters, full_copies")
+            fail(check, f"{call}: returned {got!r:.80}, expected a pair (with_adapters, full_copies)",
+                 "return two numbers: return with_adapters, full_copies")
         if not all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in got):
-            _fail(check, f"{call}: returned {tuple(got)!r}, expected two ints (bytes)",
-                  "count with integer arithmetic (no /, no float())")
+            fail(check, f"{call}: returned {tuple(got)!r}, expected two ints (bytes)",
+                 "count with integer arithmetic (no /, no float())")
         with_adapters, full_copies = (int(x) for x in got)
         exp_adapters, exp_full = _storage(n, base, adapter, nbytes)
         if with_adapters != exp_adapters:
             hints = {
                 n * adapter * nbytes: "the frozen base model is stored too, once: base + N x adapter",
                 n * (base + adapter) * nbytes: "the base model is shared by all tasks: store it once, "
-                                               "not per task",
+                      "not per task",
                 base + n * adapter: "the counts are parameters; multiply by bytes_per_param for bytes",
                 (n + 1) * adapter * nbytes: "one base model (base_params), plus one adapter per task",
             }
             hints.pop(exp_adapters, None)
-            _fail(check, f"{call}: with_adapters = {with_adapters:,} bytes, expected {exp_adapters:,}",
-                  hints.get(with_adapters, "with_adapters = bytes_per_param x (base + N x adapter)"))
+            fail(check, f"{call}: with_adapters = {with_adapters:,} bytes, expected {exp_adapters:,}",
+                 hints.get(with_adapters, "with_adapters = bytes_per_param x (base + N x adapter)"))
         if full_copies != exp_full:
             hints = {
                 (n + 1) * base * nbytes: "each task's fine-tuned copy replaces the base model: N copies, "
-                                         "the original is not needed",
+                      "the original is not needed",
                 n * base: "the counts are parameters; multiply by bytes_per_param for bytes",
                 n * (base + adapter) * nbytes: "a fine-tuned copy is base_params numbers; it has no adapter",
                 base * nbytes: "every task needs its own copy: N x base",
             }
             hints.pop(exp_full, None)
-            _fail(check, f"{call}: full_copies = {full_copies:,} bytes, expected {exp_full:,}",
-                  hints.get(full_copies, "full_copies = bytes_per_param x N x base"))
-    _passed(check, f"{len(cases)} cases, from no task to 1,000 tasks on GPT-2 medium")
+            fail(check, f"{call}: full_copies = {full_copies:,} bytes, expected {exp_full:,}",
+                 hints.get(full_copies, "full_copies = bytes_per_param x N x base"))
+    passed(check, f"{len(cases)} cases, from no task to 1,000 tasks on GPT-2 medium")
 
 
 # ----------------------------------------------------------------------------- the Pareto front
@@ -236,22 +234,22 @@ def check_pareto_front(fn: Callable[[list[dict[str, Any]]], list[str]]) -> None:
         original = [dict(r) for r in rows]
         call = f"{where}: fn({[(r['method'], r['trainable_params'], r['test_bleu']) for r in rows]})"
         given = [dict(r) for r in rows]
-        got = _call(check, call, fn, given)
+        got = call_student(check, call, fn, given)
         expected = _front(rows)
         if not isinstance(got, list | tuple) or not all(isinstance(m, str) for m in got):
-            _fail(check, f"{call}: returned {got!r:.100}, expected a list of method names",
-                  "return [row['method'] for row in rows if <no other row dominates it>]")
+            fail(check, f"{call}: returned {got!r:.100}, expected a list of method names",
+                 "return [row['method'] for row in rows if <no other row dominates it>]")
         if given != original:
-            _fail(check, f"{call}: your function changed its input rows", "read the rows; do not modify them")
+            fail(check, f"{call}: your function changed its input rows", "read the rows; do not modify them")
         got = list(got)
         if len(set(got)) != len(got):
-            _fail(check, f"{call}: got {got}, a method appears more than once; expected {expected}",
-                  "test each row once against all the others")
+            fail(check, f"{call}: got {got}, a method appears more than once; expected {expected}",
+                 "test each row once against all the others")
         if got == expected:
             continue
         if sorted(got) == sorted(expected):
-            _fail(check, f"{call}: got {got}, expected {expected}: the right methods in another order",
-                  "keep the order of the rows")
+            fail(check, f"{call}: got {got}, expected {expected}: the right methods in another order",
+                 "keep the order of the rows")
         best_bleu = [max(rows, key=lambda r: r["test_bleu"])["method"]]
         variants = [
             (_front(rows, strict_both=True),
@@ -273,5 +271,5 @@ def check_pareto_front(fn: Callable[[list[dict[str, Any]]], list[str]]) -> None:
         extra = [m for m in got if m not in expected]
         detail = "; ".join(part for part in (f"missing {missing}" if missing else "",
                                              f"dominated but returned {extra}" if extra else "") if part)
-        _fail(check, f"{call}: got {got}, expected {expected} ({detail})", hint)
-    _passed(check, f"{len(_pareto_cases())} sets of rows: ties, equal parameter counts, one row, a showdown")
+        fail(check, f"{call}: got {got}, expected {expected} ({detail})", hint)
+    passed(check, f"{len(_pareto_cases())} sets of rows: ties, equal parameter counts, one row, a showdown")

@@ -1,11 +1,9 @@
 """Checkers for lesson 4 (BitFit): which parameters BitFit trains, freezing everything else, and
 how far each bias moved, (1/dim) ||b0 - bF||_1 per component and layer.
 
-Like the other checkers, each runs the student's function on several inputs, compares it with
-tinypft's own version (``tinypft.peft.bitfit`` and ``tinypft.peft.analysis``), prints one line
-when everything agrees and otherwise raises an ``AssertionError`` naming the input, what was
-expected and what came back, with a hint. An unfinished exercise's ``NotImplementedError`` passes
-through unchanged.
+The references are ``tinypft.peft.bitfit`` and ``tinypft.peft.analysis``. Each checker reports as
+``common`` describes: one line when everything agrees, else an ``AssertionError`` naming the input,
+with a hint.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ import numpy as np
 
 from ..engine import default_dtype, manual_seed
 from ..model import GPT, GPTConfig
-from .checks import _call, _engine_state, _fail, _passed
+from .common import call_student, fail, passed, preserved_engine_state
 
 # (where, config, classification labels or None)
 _MODEL_CASES: list[tuple[str, GPTConfig, int | None]] = [
@@ -33,7 +31,7 @@ _MODEL_CASES: list[tuple[str, GPTConfig, int | None]] = [
 
 
 def _build(config: GPTConfig, num_labels: int | None) -> GPT:
-    with _engine_state():
+    with preserved_engine_state():
         manual_seed(4)
         model = GPT(config)
         if num_labels is not None:
@@ -86,21 +84,21 @@ def check_bias_parameter_names(fn: Callable[[GPT], Any]) -> None:
     for where, config, num_labels in _MODEL_CASES:
         model = _build(config, num_labels)
         call = f"{where}: fn(model)"
-        got = _call(check, call, fn, model, hint="loop over model.named_parameters()")
+        got = call_student(check, call, fn, model, hint="loop over model.named_parameters()")
         expected = _expected_names(model)
         if not isinstance(got, list | tuple):
-            _fail(check, f"{call}: returned {type(got).__name__}, expected a list of names",
-                  "return a list of str: [name for name, p in model.named_parameters() if ...]")
+            fail(check, f"{call}: returned {type(got).__name__}, expected a list of names",
+                 "return a list of str: [name for name, p in model.named_parameters() if ...]")
         bad = [x for x in got if not isinstance(x, str)]
         if bad:
             kind = type(bad[0]).__name__
-            _fail(check, f"{call}: the list holds {kind}, expected str (the parameters' names)",
-                  "named_parameters() gives (name, parameter) pairs: keep the name")
+            fail(check, f"{call}: the list holds {kind}, expected str (the parameters' names)",
+                 "named_parameters() gives (name, parameter) pairs: keep the name")
         if any(not p.requires_grad for p in model.parameters()):
-            _fail(check, f"{call}: your function changed requires_grad",
-                  "only list the names here; freezing is the next exercise")
+            fail(check, f"{call}: your function changed requires_grad",
+                 "only list the names here; freezing is the next exercise")
         if len(set(got)) != len(got):
-            _fail(check, f"{call}: some names appear more than once", "list each name once")
+            fail(check, f"{call}: some names appear more than once", "list each name once")
         if set(got) != set(expected):
             extra, missing = set(got) - set(expected), set(expected) - set(got)
             message = f"{call}: got {len(got)} names, expected {len(expected)}"
@@ -108,12 +106,12 @@ def check_bias_parameter_names(fn: Callable[[GPT], Any]) -> None:
                 message += f"\n  missing: {_show_names(missing)}"
             if extra:
                 message += f"\n  not trained by BitFit: {_show_names(extra)}"
-            _fail(check, message, _names_hint(set(got), set(expected)))
+            fail(check, message, _names_hint(set(got), set(expected)))
         if list(got) != expected:
-            _fail(check, f"{call}: the right names in another order; first: {list(got)[:3]}, expected "
-                         f"{expected[:3]}", "keep the order of model.named_parameters()")
-    _passed(check, f"{len(_MODEL_CASES)} models, 1 to 3 layers, with and without a classification head; the "
-                   "same names as tinypft.peft.bitfit.bitfit_parameter_names")
+            fail(check, f"{call}: the right names in another order; first: {list(got)[:3]}, expected "
+                        f"{expected[:3]}", "keep the order of model.named_parameters()")
+    passed(check, f"{len(_MODEL_CASES)} models, 1 to 3 layers, with and without a classification head; the "
+                  "same names as tinypft.peft.bitfit.bitfit_parameter_names")
 
 
 def check_freeze_all_but_biases(fn: Callable[[GPT], Any]) -> None:
@@ -134,12 +132,12 @@ def check_freeze_all_but_biases(fn: Callable[[GPT], Any]) -> None:
         before = {name: p.data.copy() for name, p in model.named_parameters()}
         call = f"{where}: fn(model)"
         hint = "for name, p in model.named_parameters(): p.requires_grad = ..."
-        got = _call(check, call, fn, model, hint=hint)
+        got = call_student(check, call, fn, model, hint=hint)
         expected = set(_expected_names(model))
         params = dict(model.named_parameters())
         trainable = {name for name, p in params.items() if p.requires_grad}
         if any(not np.array_equal(before[name], p.data) for name, p in params.items()):
-            _fail(check, f"{call}: your function changed parameter values", "only set requires_grad")
+            fail(check, f"{call}: your function changed parameter values", "only set requires_grad")
         if trainable != expected:
             still, frozen = trainable - expected, expected - trainable
             message = f"{call}: {len(trainable)} parameters require grad afterwards, expected {len(expected)}"
@@ -156,11 +154,11 @@ def check_freeze_all_but_biases(fn: Callable[[GPT], Any]) -> None:
                 if not start and not trainable:
                     hint = ("set p.requires_grad = True for BitFit's parameters too: a model may come in "
                             "with them frozen")
-            _fail(check, message, hint)
+            fail(check, message, hint)
         count = sum(params[name].size for name in expected)
         if isinstance(got, bool) or not isinstance(got, int | np.integer):
-            _fail(check, f"{call}: returned {got!r:.60}, expected an int (the number of trainable scalars)",
-                  "return sum(p.size for p in model.parameters() if p.requires_grad)")
+            fail(check, f"{call}: returned {got!r:.60}, expected an int (the number of trainable scalars)",
+                 "return sum(p.size for p in model.parameters() if p.requires_grad)")
         if int(got) != count:
             hints = {
                 len(expected): "count scalars (p.size), not parameter tensors",
@@ -168,13 +166,13 @@ def check_freeze_all_but_biases(fn: Callable[[GPT], Any]) -> None:
                 sum(p.size for name, p in params.items() if name.endswith(".bias")):
                     "the head's weight trains too, so it counts",
             }
-            _fail(check, f"{call}: returned {int(got):,}, expected {count:,} trainable scalars",
-                  hints.get(int(got), "the sum of p.size over the parameters that require grad"))
+            fail(check, f"{call}: returned {int(got):,}, expected {count:,} trainable scalars",
+                 hints.get(int(got), "the sum of p.size over the parameters that require grad"))
         library = get_peft_model(_build(config, num_labels), BitFitConfig()).get_nb_trainable_parameters()[0]
         if library != count:  # pragma: no cover - the library and the names disagree
-            _fail(check, f"{where}: BitFitModel trains {library:,} scalars, the names give {count:,}")
-    _passed(check, f"{len(cases)} models, with and without a head, starting trainable or frozen; the same "
-                   "flags and count as get_peft_model(model, BitFitConfig())")
+            fail(check, f"{where}: BitFitModel trains {library:,} scalars, the names give {count:,}")
+    passed(check, f"{len(cases)} models, with and without a head, starting trainable or frozen; the same "
+                  "flags and count as get_peft_model(model, BitFitConfig())")
 
 
 # ----------------------------------------------------------------------------- the bias change
@@ -183,7 +181,7 @@ def check_freeze_all_but_biases(fn: Callable[[GPT], Any]) -> None:
 def _state_cases() -> list[tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]]:
     """(where, before, after) pairs of state dicts with biases of different sizes (d = 8, d_ff = 24)."""
     config = GPTConfig(vocab_size=32, context_length=16, d_model=8, n_layers=2, n_heads=2, d_ff=24)
-    with _engine_state(), default_dtype(np.float64):
+    with preserved_engine_state(), default_dtype(np.float64):
         manual_seed(5)
         state = GPT(config).state_dict()
     rng = np.random.default_rng(40)
@@ -265,16 +263,16 @@ def check_bias_change(fn: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]
         call = f"{where}: fn(before, after)"
         copies = ({n: a.copy() for n, a in before.items()}, {n: a.copy() for n, a in after.items()})
         hint = "for name in before: if name is in after and component_and_layer(name) is not None ..."
-        got = _call(check, call, fn, before, after, hint=hint)
+        got = call_student(check, call, fn, before, after, hint=hint)
         if any(not np.array_equal(a, copies[0][n]) for n, a in before.items()) or any(
             not np.array_equal(a, copies[1][n]) for n, a in after.items()
         ):
-            _fail(check, f"{call}: your function changed its inputs",
-                  "compute on copies, never write into them")
+            fail(check, f"{call}: your function changed its inputs",
+                 "compute on copies, never write into them")
         expected = _reference_change(before, after)
         if not isinstance(got, dict):
-            _fail(check, f"{call}: returned {type(got).__name__}, "
-                         "expected a dict {(component, layer): change}")
+            fail(check, f"{call}: returned {type(got).__name__}, "
+                        "expected a dict {(component, layer): change}")
         keys = set(got)
         if keys != set(expected):
             extra, missing = keys - set(expected), set(expected) - keys
@@ -292,11 +290,11 @@ def check_bias_change(fn: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]
                 message += f"\n  missing: {sorted(missing, key=str)[:6]}"
             if extra:
                 message += f"\n  unexpected: {sorted(extra, key=str)[:6]}"
-            _fail(check, message, hint)
+            fail(check, message, hint)
         bad = [k for k in expected if not isinstance(got[k], float | np.floating | int | np.integer)]
         if bad:
-            _fail(check, f"{call}: the value for {bad[0]} is {type(got[bad[0]]).__name__}, expected a float",
-                  "return float(...) of the mean absolute change")
+            fail(check, f"{call}: the value for {bad[0]} is {type(got[bad[0]]).__name__}, expected a float",
+                 "return float(...) of the mean absolute change")
         if not _same_values(got, expected):
             hint = "(1/dim) ||b0 - bF||_1 = np.abs(b0 - bF).sum() / b0.size, computed in float64"
             for candidate, candidate_hint in _change_variants(before, after):
@@ -304,7 +302,7 @@ def check_bias_change(fn: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]
                     hint = candidate_hint
                     break
             key = next(k for k in expected if not _same_values({k: got[k]}, {k: expected[k]}))
-            _fail(check, f"{call}: {key}: got {float(got[key]):.6g}, expected {expected[key]:.6g}", hint)
-    _passed(check, "5 pairs of state dicts: GPT and PeftModel names, a partial `after`, tiny changes, "
-                   "float32; the same table as tinypft.peft.analysis.bias_change")
+            fail(check, f"{call}: {key}: got {float(got[key]):.6g}, expected {expected[key]:.6g}", hint)
+    passed(check, "5 pairs of state dicts: GPT and PeftModel names, a partial `after`, tiny changes, "
+                  "float32; the same table as tinypft.peft.analysis.bias_change")
 

@@ -1,10 +1,8 @@
 """Checkers for lesson 5 (Prefix-Tuning): attention with a prefix of keys and values, the prefix
 MLP (the reparameterization and the per-layer layout), and the parameter counts.
 
-Like the other checkers, each runs the student's function on several inputs, compares it with
-tinypft's own version, prints one line when everything agrees and otherwise raises an
-``AssertionError`` naming the input, what was expected and what came back, with a hint. An
-unfinished exercise's ``NotImplementedError`` passes through unchanged.
+Each checker reports as ``common`` describes: one line when everything agrees, else an
+``AssertionError`` naming the input, with a hint.
 """
 
 from __future__ import annotations
@@ -17,15 +15,15 @@ import numpy as np
 from ..engine import Tensor, ops, set_fused_kernels
 from ..engine import functional as F
 from ..model import GPT, GPTConfig
-from .checks import (
-    _call,
-    _compare,
-    _engine_state,
-    _fail,
-    _grads_of,
-    _leaf,
-    _passed,
-    _require_tensor_with_graph,
+from .common import (
+    call_student,
+    compare_arrays,
+    fail,
+    float64_leaf,
+    gradients_of,
+    passed,
+    preserved_engine_state,
+    require_tensor_with_graph,
 )
 
 # ----------------------------------------------------------------------------- attention with a prefix
@@ -56,31 +54,31 @@ def _prefix_attention_variants(
     hide_prefix[:, :P] = False
     return [
         (
-            _np_attention(q, keys, values, np.tril(np.ones((T, P + T), bool))),
-            "this is the mask tril(ones(T, P + T)), which lets query 0 see only the first prefix vector; "
-            "the T queries are the LAST T of the P + T keys, so every query sees all P prefix vectors and "
-            "the real keys up to its own position: F.causal_mask(T, P + T) is exactly that mask",
+          _np_attention(q, keys, values, np.tril(np.ones((T, P + T), bool))),
+          "this is the mask tril(ones(T, P + T)), which lets query 0 see only the first prefix vector; "
+          "the T queries are the LAST T of the P + T keys, so every query sees all P prefix vectors and "
+          "the real keys up to its own position: F.causal_mask(T, P + T) is exactly that mask",
         ),
         (
-            _np_attention(q, keys, values, np.ones((T, P + T), bool)),
-            "no mask at all: the prefix is visible to every query, but the real keys stay causal "
-            "(a token must not see the tokens after it)",
+          _np_attention(q, keys, values, np.ones((T, P + T), bool)),
+          "no mask at all: the prefix is visible to every query, but the real keys stay causal "
+          "(a token must not see the tokens after it)",
         ),
         (
-            _np_attention(q, keys, values, hide_prefix),
-            "the prefix is masked out, so it changes nothing: every query must see all P prefix positions",
+          _np_attention(q, keys, values, hide_prefix),
+          "the prefix is masked out, so it changes nothing: every query must see all P prefix positions",
         ),
         (
-            _np_attention(q, np.concatenate([k, pk], axis=2), np.concatenate([v, pv], axis=2), right_mask),
-            "the prefix goes in FRONT of the keys and values: K = [P_K; K], V = [P_V; V]",
+          _np_attention(q, np.concatenate([k, pk], axis=2), np.concatenate([v, pv], axis=2), right_mask),
+          "the prefix goes in FRONT of the keys and values: K = [P_K; K], V = [P_V; V]",
         ),
         (
-            _np_attention(q, keys, values, right_mask, scale=False),
-            "scale the scores by 1 / sqrt(d_h), d_h = q.shape[-1]",
+          _np_attention(q, keys, values, right_mask, scale=False),
+          "scale the scores by 1 / sqrt(d_h), d_h = q.shape[-1]",
         ),
         (
-            _np_attention(q, np.concatenate([pv, k], axis=2), np.concatenate([pk, v], axis=2), right_mask),
-            "the prefix keys go with the keys and the prefix values with the values",
+          _np_attention(q, np.concatenate([pv, k], axis=2), np.concatenate([pk, v], axis=2), right_mask),
+          "the prefix keys go with the keys and the prefix values with the values",
         ),
     ]
 
@@ -114,19 +112,19 @@ def check_prefix_attention(fn: Callable[..., Tensor]) -> None:
     names = ["q", "k", "v", "prefix_k", "prefix_v"]
     grad_rng = np.random.default_rng(51)
     for where, arrays in _prefix_attention_cases():
-        inputs = [_leaf(a) for a in arrays]
+        inputs = [float64_leaf(a) for a in arrays]
         B, H, T, d = arrays[0].shape
         P = arrays[3].shape[2]
         call = f"{where}: fn(q, k, v, prefix_k, prefix_v)"
         concat_hint = "concatenate along the positions axis: ops.concat([.., ..], axis=2)"
-        out = _call(check, call, fn, *inputs, hint=concat_hint)
-        out = _require_tensor_with_graph(check, call, out, inputs)
+        out = call_student(check, call, fn, *inputs, hint=concat_hint)
+        out = require_tensor_with_graph(check, call, out, inputs)
         if any(not np.array_equal(t.data, a) for t, a in zip(inputs, arrays)):
-            _fail(check, f"{call}: your function changed its inputs",
-                  "build new tensors; do not write into .data")
-        with _engine_state():
+            fail(check, f"{call}: your function changed its inputs",
+                 "build new tensors; do not write into .data")
+        with preserved_engine_state():
             set_fused_kernels(False)
-            ref_inputs = [_leaf(a) for a in arrays]
+            ref_inputs = [float64_leaf(a) for a in arrays]
             q, k, v, pk, pv = ref_inputs
             keys = ops.concat([pk.broadcast_to((B, H, P, d)), k], axis=2)
             values = ops.concat([pv.broadcast_to((B, H, P, d)), v], axis=2)
@@ -138,9 +136,9 @@ def check_prefix_attention(fn: Callable[..., Tensor]) -> None:
                 hint = "only the T real tokens have queries: the output has T positions, not P + T"
             elif got.shape[0] != B:
                 hint = "broadcast a prefix of batch 1 to the batch: prefix_k.broadcast_to((B, H, P, d_h))"
-            _fail(check, f"{call}: got shape {got.shape}, expected shape {expected.shape}", hint)
+            fail(check, f"{call}: got shape {got.shape}, expected shape {expected.shape}", hint)
         if np.isnan(got).any() and not np.isnan(expected.data).any():
-            _fail(
+            fail(
                 check,
                 f"{call}: your result contains NaN",
                 "scores in the hundreds overflow exp(): subtract each row's maximum before exp (or use "
@@ -153,22 +151,22 @@ def check_prefix_attention(fn: Callable[..., Tensor]) -> None:
                 if np.allclose(got, candidate, atol=1e-10, rtol=1e-8):
                     hint = candidate_hint
                     break
-            _compare(check, call, got, expected.data, hint, atol=1e-10, rtol=1e-8)
+            compare_arrays(check, call, got, expected.data, hint, atol=1e-10, rtol=1e-8)
         grad_out = grad_rng.standard_normal(expected.shape)
-        expected_grads = _grads_of(expected, grad_out, ref_inputs)
-        got_grads = _grads_of(out, grad_out, inputs)
+        expected_grads = gradients_of(expected, grad_out, ref_inputs)
+        got_grads = gradients_of(out, grad_out, inputs)
         for name, g, e in zip(names, got_grads, expected_grads):
             if name.startswith("prefix") and not np.abs(g).any() and np.abs(e).any():
-                _fail(
+                fail(
                     check,
                     f"{where}: {name} receives no gradient",
                     "the prefix is what trains: build the keys and values from it with Tensor operations "
                     "(ops.concat, .broadcast_to), not from its .data",
                 )
-            _compare(check, f"{where}: the gradient of {name}", g, e, "use Tensor operations only",
-                     atol=1e-8, rtol=1e-6)
-    _passed(check, "5 cases: P from 1 to 5, a shared and a per-example prefix, large scores; values and the "
-                   "gradients of all five inputs")
+            compare_arrays(check, f"{where}: the gradient of {name}", g, e, "use Tensor operations only",
+                           atol=1e-8, rtol=1e-6)
+    passed(check, "5 cases: P from 1 to 5, a shared and a per-example prefix, large scores; values and the "
+                  "gradients of all five inputs")
 
 
 # ----------------------------------------------------------------------------- the prefix MLP
@@ -240,27 +238,28 @@ def check_prefix_mlp(fn: Callable[..., Any]) -> None:
         arrays = [rng.standard_normal((P, d)), rng.standard_normal((k, d)) / np.sqrt(d),
                   0.5 * rng.standard_normal(k), rng.standard_normal((width, k)) / np.sqrt(k),
                   0.5 * rng.standard_normal(width)]
-        inputs = [_leaf(a) for a in arrays]
+        inputs = [float64_leaf(a) for a in arrays]
         where = f"P={P}, d={d}, k={k}, n_layers={L}, n_heads={H}"
         call = f"{where}: fn(embedding, w1, b1, w2, b2, {L}, {H})"
-        out = _call(check, call, fn, *inputs, L, H, hint="h = (embedding @ w1.T + b1).tanh() @ w2.T + b2")
+        out = call_student(check, call, fn, *inputs, L, H,
+                           hint="h = (embedding @ w1.T + b1).tanh() @ w2.T + b2")
         shape = (1, H, P, d // H)
         layout_hint = f"return a list of n_layers = {L} pairs (K, V), each a Tensor of shape {shape}"
         if not isinstance(out, list | tuple) or len(out) != L:
             length = f"of length {len(out)}" if isinstance(out, list | tuple) else ""
-            _fail(check, f"{call}: returned {type(out).__name__} {length}, expected a list of {L} pairs",
-                  layout_hint)
+            fail(check, f"{call}: returned {type(out).__name__} {length}, expected a list of {L} pairs",
+                 layout_hint)
         for i, pair in enumerate(out):
             if not isinstance(pair, list | tuple) or len(pair) != 2:
-                _fail(check, f"{call}: entry {i} is not a pair (K, V)", layout_hint)
+                fail(check, f"{call}: entry {i} is not a pair (K, V)", layout_hint)
             for which, t in zip("KV", pair):
-                _require_tensor_with_graph(check, f"{call}: layer {i} {which}", t, inputs)
+                require_tensor_with_graph(check, f"{call}: layer {i} {which}", t, inputs)
                 if t.shape != shape:
-                    _fail(check, f"{call}: layer {i} {which} has shape {t.shape}, expected {shape}",
-                          layout_hint)
-        with _engine_state():
+                    fail(check, f"{call}: layer {i} {which} has shape {t.shape}, expected {shape}",
+                         layout_hint)
+        with preserved_engine_state():
             set_fused_kernels(False)
-            ref_inputs = [_leaf(a) for a in arrays]
+            ref_inputs = [float64_leaf(a) for a in arrays]
             emb, w1, b1, w2, b2 = ref_inputs
             expected = split_key_values((emb @ w1.T + b1).tanh() @ w2.T + b2, L, H)
         got = [(pair[0].data, pair[1].data) for pair in out]
@@ -272,8 +271,8 @@ def check_prefix_mlp(fn: Callable[..., Any]) -> None:
                     hint = candidate_hint
                     break
             for i, ((gk, gv), (ek, ev)) in enumerate(zip(got, expected)):
-                _compare(check, f"{where}: layer {i} K", gk, ek.data, hint, atol=1e-10, rtol=1e-8)
-                _compare(check, f"{where}: layer {i} V", gv, ev.data, hint, atol=1e-10, rtol=1e-8)
+                compare_arrays(check, f"{where}: layer {i} K", gk, ek.data, hint, atol=1e-10, rtol=1e-8)
+                compare_arrays(check, f"{where}: layer {i} V", gv, ev.data, hint, atol=1e-10, rtol=1e-8)
         # gradients: one random projection of every output
         grad_rng = np.random.default_rng(53)
         projections = [grad_rng.standard_normal(shape) for _ in range(2 * L)]
@@ -285,12 +284,12 @@ def check_prefix_mlp(fn: Callable[..., Any]) -> None:
                 result = term if result is None else result + term
             return result
 
-        expected_grads = _grads_of(total(expected), np.array(1.0), ref_inputs)
-        got_grads = _grads_of(total(out), np.array(1.0), inputs)
+        expected_grads = gradients_of(total(expected), np.array(1.0), ref_inputs)
+        got_grads = gradients_of(total(out), np.array(1.0), inputs)
         for name, g, e in zip(names, got_grads, expected_grads):
-            _compare(check, f"{where}: the gradient of {name}", g, e, "use Tensor operations only "
-                     "(@, .T, .tanh(), .reshape, .permute, indexing)", atol=1e-8, rtol=1e-6)
-    _passed(check, f"{len(shapes)} shapes, 1 to 3 layers and 1 to 4 heads; values, layout and gradients")
+            compare_arrays(check, f"{where}: the gradient of {name}", g, e, "use Tensor operations only "
+                           "(@, .T, .tanh(), .reshape, .permute, indexing)", atol=1e-8, rtol=1e-6)
+    passed(check, f"{len(shapes)} shapes, 1 to 3 layers and 1 to 4 heads; values, layout and gradients")
 
 
 # ----------------------------------------------------------------------------- parameter counts
@@ -313,13 +312,13 @@ def check_prefix_param_count(fn: Callable[[int, int, int, int], tuple[int, int]]
     ]
     for where, P, L, d, k in cases:
         call = f"{where}: fn({P}, {L}, {d}, {k})"
-        got = _call(check, call, fn, P, L, d, k)
+        got = call_student(check, call, fn, P, L, d, k)
         if not isinstance(got, list | tuple) or len(got) != 2:
-            _fail(check, f"{call}: returned {got!r:.80}, expected a pair (trained, stored)",
-                  "return two numbers: return trained, stored")
+            fail(check, f"{call}: returned {got!r:.80}, expected a pair (trained, stored)",
+                 "return two numbers: return trained, stored")
         if not all(isinstance(n, int | np.integer) for n in got):
-            _fail(check, f"{call}: returned {got!r}, expected two ints",
-                  "count with integer arithmetic (no /)")
+            fail(check, f"{call}: returned {got!r}, expected two ints",
+                 "count with integer arithmetic (no /)")
         config = GPTConfig(vocab_size=64, context_length=32, d_model=d, n_layers=L, n_heads=1)
         trained, stored = prefix_training_count(config, P, k), prefix_inference_count(config, P)
         width = 2 * L * d
@@ -333,25 +332,25 @@ def check_prefix_param_count(fn: Callable[[int, int, int, int], tuple[int, int]]
                 P * width: "this is the merged prefix; while training, P' (P, d) and the MLP train instead",
                 (d * k + k) + (k * width + width): "P' itself (P x d) trains too",
             }
-            _fail(check, f"{call}: trained = {int(got[0]):,}, expected {trained:,}",
-                  hints.get(int(got[0]), "trained = P d + (d k + k) + (k 2Ld + 2Ld)"))
+            fail(check, f"{call}: trained = {int(got[0]):,}, expected {trained:,}",
+                 hints.get(int(got[0]), "trained = P d + (d k + k) + (k 2Ld + 2Ld)"))
         if int(got[1]) != stored:
             hints = {  # later entries win where two formulas agree (one layer: P L d = P d)
                 P * d: "the stored prefix lives in every layer's keys and values: P x 2 L d, not P x d",
                 P * L * d: "every layer stores P keys AND P values: P x 2 L d",
                 trained: "after merge() the MLP is gone: only its output, P x 2 L d, is stored",
             }
-            _fail(check, f"{call}: stored = {int(got[1]):,}, expected {stored:,}",
-                  hints.get(int(got[1]), "stored = P x 2 L d"))
+            fail(check, f"{call}: stored = {int(got[1]):,}, expected {stored:,}",
+                 hints.get(int(got[1]), "stored = P x 2 L d"))
     # the same numbers from a model
-    with _engine_state():
+    with preserved_engine_state():
         config = GPTConfig(vocab_size=64, context_length=32, d_model=16, n_layers=3, n_heads=2)
         model = get_peft_model(GPT(config), PrefixTuningConfig(num_virtual_tokens=4, encoder_hidden_size=8))
         trained = model.get_nb_trainable_parameters()[0]
         stored = model.merge().get_nb_trainable_parameters()[0]
-    got = _call(check, "fn(4, 3, 16, 8)", fn, 4, 3, 16, 8)
+    got = call_student(check, "fn(4, 3, 16, 8)", fn, 4, 3, 16, 8)
     if tuple(int(n) for n in got) != (trained, stored):
-        _fail(check, f"fn(4, 3, 16, 8): got {tuple(got)}, a PrefixTuningModel counts {(trained, stored)}")
+        fail(check, f"fn(4, 3, 16, 8): got {tuple(got)}, a PrefixTuningModel counts {(trained, stored)}")
     shown = prefix_inference_count(GPT2_MEDIUM, 5)
-    _passed(check, f"{len(cases) + 1} shapes, up to GPT-2 medium ({shown:,} stored scalars for P = 5), "
-                   "and a PrefixTuningModel before and after merge()")
+    passed(check, f"{len(cases) + 1} shapes, up to GPT-2 medium ({shown:,} stored scalars for P = 5), "
+                  "and a PrefixTuningModel before and after merge()")

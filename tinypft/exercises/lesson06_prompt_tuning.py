@@ -1,10 +1,8 @@
 """Checkers for lesson 6 (Prompt-Tuning): putting a soft prompt in front of the token embeddings,
 the sampled-vocabulary and class-label initializations, and the majority vote of a prompt ensemble.
 
-Like the other checkers, each runs the student's function on several inputs, compares it with
-tinypft's own version, prints one line when everything agrees and otherwise raises an
-``AssertionError`` naming the input, what was expected and what came back, with a hint. An
-unfinished exercise's ``NotImplementedError`` passes through unchanged.
+Each checker reports as ``common`` describes: one line when everything agrees, else an
+``AssertionError`` naming the input, with a hint.
 """
 
 from __future__ import annotations
@@ -15,15 +13,15 @@ from typing import Any
 import numpy as np
 
 from ..engine import Tensor, ops
-from .checks import (
-    _call,
-    _compare,
-    _engine_state,
-    _fail,
-    _grads_of,
-    _leaf,
-    _passed,
-    _require_tensor_with_graph,
+from .common import (
+    call_student,
+    compare_arrays,
+    fail,
+    float64_leaf,
+    gradients_of,
+    passed,
+    preserved_engine_state,
+    require_tensor_with_graph,
 )
 
 # ----------------------------------------------------------------------------- prepending the prompt
@@ -56,21 +54,21 @@ def check_prepend_prompt(fn: Callable[..., Any]) -> None:
     for where, prompt_array, x_array, mask in _prepend_cases():
         P, d = prompt_array.shape
         B, T, _ = x_array.shape
-        prompt, x = _leaf(prompt_array), _leaf(x_array)
+        prompt, x = float64_leaf(prompt_array), float64_leaf(x_array)
         mask_in = mask.copy()
         call = f"{where}: fn(prompt, token_embeddings, attention_mask)"
-        out = _call(check, call, fn, prompt, x, mask_in,
-                    hint="the prompt is (P, d): .reshape(1, P, d).broadcast_to((B, P, d)), then "
-                         "ops.concat([prompt_rows, token_embeddings], axis=1)")
+        out = call_student(check, call, fn, prompt, x, mask_in,
+                           hint="the prompt is (P, d): .reshape(1, P, d).broadcast_to((B, P, d)), then "
+                                "ops.concat([prompt_rows, token_embeddings], axis=1)")
         if not isinstance(out, list | tuple) or len(out) != 2:
-            _fail(check, f"{call}: returned {type(out).__name__}, expected a pair (inputs, mask)",
-                  "return two things: the (B, P + T, d) Tensor and the (B, P + T) mask")
+            fail(check, f"{call}: returned {type(out).__name__}, expected a pair (inputs, mask)",
+                 "return two things: the (B, P + T, d) Tensor and the (B, P + T) mask")
         embeds, got_mask = out
-        embeds = _require_tensor_with_graph(check, f"{call}: inputs", embeds, [prompt, x])
+        embeds = require_tensor_with_graph(check, f"{call}: inputs", embeds, [prompt, x])
         if not np.array_equal(mask_in, mask) or not np.array_equal(prompt.data, prompt_array) or \
                 not np.array_equal(x.data, x_array):
-            _fail(check, f"{call}: your function changed its inputs",
-                  "build new arrays; do not write into them")
+            fail(check, f"{call}: your function changed its inputs",
+                 "build new arrays; do not write into them")
         rows = np.broadcast_to(prompt_array, (B, P, d))  # the same prompt for every row
         expected = np.concatenate([rows, x_array], axis=1)  # (B, P + T, d)
         if embeds.shape != expected.shape:
@@ -78,13 +76,13 @@ def check_prepend_prompt(fn: Callable[..., Any]) -> None:
             if embeds.shape == x_array.shape:
                 hint = ("the prompt is concatenated in front of the tokens, not added to them: the model "
                         f"reads P + T = {P + T} positions")
-            _fail(check, f"{call}: inputs have shape {embeds.shape}, expected {expected.shape}", hint)
+            fail(check, f"{call}: inputs have shape {embeds.shape}, expected {expected.shape}", hint)
         if not np.allclose(embeds.data, expected, atol=1e-12):
             hint = "inputs[b] = [prompt; token_embeddings[b]]: the P prompt rows first, then the T tokens"
             if np.allclose(embeds.data, np.concatenate([x_array, rows], axis=1)):
                 hint = ("the soft prompt goes in FRONT of the tokens (positions 0..P-1), where a text prompt "
                         "would be: [prompt; x]")
-            _compare(check, f"{call}: inputs", embeds.data, expected, hint, atol=1e-12)
+            compare_arrays(check, f"{call}: inputs", embeds.data, expected, hint, atol=1e-12)
         expected_mask = np.concatenate([np.ones((B, P), bool), mask.astype(bool)], axis=1)  # (B, P + T)
         got_mask = np.asarray(got_mask)
         mask_hint = "the mask is [ones(B, P), attention_mask]: the prompt is always visible"
@@ -93,35 +91,35 @@ def check_prepend_prompt(fn: Callable[..., Any]) -> None:
                 mask_hint = (f"the mask must cover the P prompt positions too: shape (B, P + T) = "
                              f"{expected_mask.shape}, ones in the first P columns (Hugging Face PEFT issue "
                              "#374: a mask P columns short)")
-            _fail(check, f"{call}: the mask has shape {got_mask.shape}, expected {expected_mask.shape}",
-                  mask_hint)
+            fail(check, f"{call}: the mask has shape {got_mask.shape}, expected {expected_mask.shape}",
+                 mask_hint)
         if got_mask.dtype.kind not in "biuf" or not np.isin(got_mask, (0, 1)).all():
-            _fail(check, f"{call}: the mask holds {_show_values(got_mask)}, expected 0/1 (or True/False)",
-                  mask_hint)
+            fail(check, f"{call}: the mask holds {_show_values(got_mask)}, expected 0/1 (or True/False)",
+                 mask_hint)
         got_bool = got_mask.astype(bool)
         if not np.array_equal(got_bool, expected_mask):
             if not got_bool[:, :P].any() and np.array_equal(got_bool[:, P:], expected_mask[:, P:]):
                 mask_hint = "the prompt positions must be visible: 1 in the first P columns, not 0"
             elif np.array_equal(got_bool, np.concatenate([mask.astype(bool), np.ones((B, P), bool)], axis=1)):
                 mask_hint = "the mask's columns follow the inputs: the P ones of the prompt come first"
-            _compare(check, f"{call}: the mask", got_bool, expected_mask, mask_hint)
+            compare_arrays(check, f"{call}: the mask", got_bool, expected_mask, mask_hint)
         # gradients: the prompt's gradient is the sum over the batch of its rows' gradients
         grad_out = grad_rng.standard_normal(expected.shape)
-        with _engine_state():
-            ref_prompt, ref_x = _leaf(prompt_array), _leaf(x_array)
+        with preserved_engine_state():
+            ref_prompt, ref_x = float64_leaf(prompt_array), float64_leaf(x_array)
             ref = ops.concat([ref_prompt.reshape(1, P, d).broadcast_to((B, P, d)), ref_x], axis=1)
-        expected_grads = _grads_of(ref, grad_out, [ref_prompt, ref_x])
-        got_grads = _grads_of(embeds, grad_out, [prompt, x])
+        expected_grads = gradients_of(ref, grad_out, [ref_prompt, ref_x])
+        got_grads = gradients_of(embeds, grad_out, [prompt, x])
         for name, g, e in zip(("prompt", "token_embeddings"), got_grads, expected_grads):
             if not np.abs(g).any() and np.abs(e).any():
-                _fail(check, f"{where}: {name} receives no gradient",
-                      "the soft prompt is what trains: build the inputs from it with Tensor operations "
-                      "(.reshape, .broadcast_to, ops.concat), not from its .data")
-            _compare(check, f"{where}: the gradient of {name}", g, e,
-                     "use Tensor operations only; every row of the batch uses the same prompt",
-                     atol=1e-10, rtol=1e-8)
-    _passed(check, "4 cases: P from 1 to 4, no padding, right and left padding; inputs, mask and the "
-                   "gradients of the prompt and the token embeddings")
+                fail(check, f"{where}: {name} receives no gradient",
+                     "the soft prompt is what trains: build the inputs from it with Tensor operations "
+                     "(.reshape, .broadcast_to, ops.concat), not from its .data")
+            compare_arrays(check, f"{where}: the gradient of {name}", g, e,
+                           "use Tensor operations only; every row of the batch uses the same prompt",
+                           atol=1e-10, rtol=1e-8)
+    passed(check, "4 cases: P from 1 to 4, no padding, right and left padding; inputs, mask and the "
+                  "gradients of the prompt and the token embeddings")
 
 
 def _show_values(a: np.ndarray) -> str:
@@ -185,23 +183,23 @@ def _check_sampled_rows(
     for i, token in enumerate(ids):
         label = f"{what} {i}"
         if token is None:
-            _fail(check, f"{call}: {label} is not the embedding of any token",
-                  "every sampled row is a copy of one token's embedding, wte[id] (not random numbers)")
+            fail(check, f"{call}: {label} is not the embedding of any token",
+                 "every sampled row is a copy of one token's embedding, wte[id] (not random numbers)")
         if counts[token] == 0:
-            _fail(check, f"{call}: {label} is the embedding of token {token}, which never occurs (count 0)",
-                  "the pool is the top_k most frequent tokens among those that occur (count > 0)")
+            fail(check, f"{call}: {label} is the embedding of token {token}, which never occurs (count 0)",
+                 "the pool is the top_k most frequent tokens among those that occur (count > 0)")
         if token not in pool:
             rank = int(np.sum(counts > counts[token])) + 1
-            _fail(check, f"{call}: {label} is token {token}, only about the {rank}th most frequent; "
-                         f"the pool is the {len(pool)} most frequent ones",
-                  "keep only the top_k most frequent tokens (most frequent first)")
+            fail(check, f"{call}: {label} is token {token}, only about the {rank}th most frequent; "
+                        f"the pool is the {len(pool)} most frequent ones",
+                 "keep only the top_k most frequent tokens (most frequent first)")
     if len(expected_ids) <= len(pool) and len(set(ids)) < len(ids):
-        _fail(check, f"{call}: a token was drawn twice ({ids}), but the pool has {len(pool)} >= "
-                     f"{len(expected_ids)} tokens", "draw without replacement when the pool is large enough: "
-                     "replace=n > len(pool)")
+        fail(check, f"{call}: a token was drawn twice ({ids}), but the pool has {len(pool)} >= "
+                    f"{len(expected_ids)} tokens", "draw without replacement when the pool is large enough: "
+                    "replace=n > len(pool)")
     if ids != [int(t) for t in expected_ids]:
-        _fail(check, f"{call}: the {what}s are the embeddings of tokens {ids}, the library draws "
-                     f"{[int(t) for t in expected_ids]} with the same generator", draw_hint)
+        fail(check, f"{call}: the {what}s are the embeddings of tokens {ids}, the library draws "
+                    f"{[int(t) for t in expected_ids]} with the same generator", draw_hint)
 
 
 def check_sampled_vocab_init(fn: Callable[..., Any]) -> None:
@@ -214,19 +212,19 @@ def check_sampled_vocab_init(fn: Callable[..., Any]) -> None:
     for where, wte, counts, P, top_k, seed in _init_cases():
         wte_in, counts_in = wte.copy(), counts.copy()
         call = f"{where}: fn(wte, {P}, token_counts, {top_k}, rng)"
-        got = _call(check, call, fn, wte_in, P, counts_in, top_k, np.random.default_rng(seed),
-                    hint="pool = np.argsort(-token_counts, kind='stable')[:top_k] (only counts > 0); "
-                         "ids = rng.choice(pool, size=P, replace=P > len(pool)); return wte[ids]")
+        got = call_student(check, call, fn, wte_in, P, counts_in, top_k, np.random.default_rng(seed),
+                           hint="pool = np.argsort(-token_counts, kind='stable')[:top_k] (only counts > 0); "
+                                "ids = rng.choice(pool, size=P, replace=P > len(pool)); return wte[ids]")
         if not np.array_equal(wte_in, wte) or not np.array_equal(counts_in, counts):
-            _fail(check, f"{call}: your function changed its inputs",
-                  "copy the rows: wte[ids] is already a copy")
+            fail(check, f"{call}: your function changed its inputs",
+                 "copy the rows: wte[ids] is already a copy")
         got = np.asarray(got.data if isinstance(got, Tensor) else got)
         if got.shape != (P, wte.shape[1]):
-            _fail(check, f"{call}: got shape {got.shape}, expected {(P, wte.shape[1])}",
-                  "one row of width d per virtual token")
+            fail(check, f"{call}: got shape {got.shape}, expected {(P, wte.shape[1])}",
+                 "one row of width d per virtual token")
         _check_sampled_rows(check, call, got, wte, counts, top_k, _library_draw(counts, top_k, P, seed))
-    _passed(check, "4 cases: ties, a pool of exactly P, top_k above the tokens that occur, and a pool "
-                   "smaller than P; the same rows as the library with the same generator")
+    passed(check, "4 cases: ties, a pool of exactly P, top_k above the tokens that occur, and a pool "
+                  "smaller than P; the same rows as the library with the same generator")
 
 
 def _label_cases() -> list[tuple[str, np.ndarray, np.ndarray, list[list[int]], int, int, int]]:
@@ -251,12 +249,12 @@ def check_class_label_init(fn: Callable[..., Any]) -> None:
     for where, wte, counts, labels, P, top_k, seed in _label_cases():
         C = len(labels)
         call = f"{where}: fn(wte, {labels}, {P}, token_counts, {top_k}, rng)"
-        got = _call(check, call, fn, wte.copy(), [list(ids) for ids in labels], P, counts.copy(), top_k,
-                    np.random.default_rng(seed))
+        got = call_student(check, call, fn, wte.copy(), [list(ids) for ids in labels], P, counts.copy(),
+                           top_k, np.random.default_rng(seed))
         got = np.asarray(got.data if isinstance(got, Tensor) else got)
         if got.shape != (P, wte.shape[1]):
-            _fail(check, f"{call}: got shape {got.shape}, expected {(P, wte.shape[1])}",
-                  "P rows: the C label rows, then P - C sampled rows")
+            fail(check, f"{call}: got shape {got.shape}, expected {(P, wte.shape[1])}",
+                 "P rows: the C label rows, then P - C sampled rows")
         label_rows = np.stack([wte[ids].mean(axis=0) for ids in labels])  # (C, d)
         if not np.allclose(got[:C], label_rows, atol=1e-12):
             hint = "row c is wte[label_ids[c]].mean(axis=0): the mean embedding of label c's tokens"
@@ -267,15 +265,15 @@ def check_class_label_init(fn: Callable[..., Any]) -> None:
             elif np.allclose(got[:C], np.stack([wte[ids[0]] for ids in labels]), atol=1e-12):
                 hint = ("a label of several tokens is the mean of ALL its tokens' embeddings, not the "
                         "first one's")
-            _compare(check, f"{call}: the label rows 0..{C - 1}", got[:C], label_rows, hint, atol=1e-12)
+            compare_arrays(check, f"{call}: the label rows 0..{C - 1}", got[:C], label_rows, hint, atol=1e-12)
         if P > C:
             expected_ids = _library_draw(counts, top_k, P - C, seed)
             got_ids = _row_ids(got[C:], wte)
             if got_ids != [int(t) for t in expected_ids] and \
                     got_ids == [int(t) for t in _library_draw(counts, top_k, P, seed)[C:]]:
-                _fail(check, f"{call}: rows {C}..{P - 1} are the last P - C of a draw of P tokens",
-                      "draw only the P - C tokens that remain after the labels: "
-                      "rng.choice(pool, size=P - C, ...)")
+                fail(check, f"{call}: rows {C}..{P - 1} are the last P - C of a draw of P tokens",
+                     "draw only the P - C tokens that remain after the labels: "
+                     "rng.choice(pool, size=P - C, ...)")
             _check_sampled_rows(check, call, got[C:], wte, counts, top_k, expected_ids, what="sampled row")
     # too many labels
     where = "4 labels, P=3"
@@ -287,13 +285,13 @@ def check_class_label_init(fn: Callable[..., Any]) -> None:
     except ValueError:
         pass
     except Exception as exc:
-        _fail(check, f"{where}: your function raised {type(exc).__name__}: {exc}, expected a ValueError",
-              "check first: if len(label_ids) > P: raise ValueError(...)")
+        fail(check, f"{where}: your function raised {type(exc).__name__}: {exc}, expected a ValueError",
+             "check first: if len(label_ids) > P: raise ValueError(...)")
     else:
-        _fail(check, f"{where}: your function returned, expected a ValueError (4 labels need 4 rows)",
-              "one row per label: if len(label_ids) > P, raise ValueError(...)")
-    _passed(check, "4 cases: one-token and multi-token labels, no sampled rows, a pool smaller than the "
-                   "rest; and a ValueError for more labels than P")
+        fail(check, f"{where}: your function returned, expected a ValueError (4 labels need 4 rows)",
+             "one row per label: if len(label_ids) > P, raise ValueError(...)")
+    passed(check, "4 cases: one-token and multi-token labels, no sampled rows, a pool smaller than the "
+                  "rest; and a ValueError for more labels than P")
 
 
 # ----------------------------------------------------------------------------- the majority vote
@@ -338,28 +336,28 @@ def check_majority_vote(fn: Callable[[np.ndarray], np.ndarray]) -> None:
     for where, predictions in _vote_cases():
         given = predictions.copy()
         call = f"{where}: fn(predictions of shape {predictions.shape})"
-        got = _call(check, call, fn, given,
-                    hint="for each column (example), np.bincount(column, minlength=C) counts the votes and "
-                         "np.argmax picks the most frequent class (the smallest on a tie)")
+        got = call_student(check, call, fn, given,
+                           hint="for each column (example), np.bincount(column, minlength=C) counts the "
+                                "votes and np.argmax picks the most frequent class (the smallest on a tie)")
         if not np.array_equal(given, predictions):
-            _fail(check, f"{call}: your function changed its input", "count without writing into predictions")
+            fail(check, f"{call}: your function changed its input", "count without writing into predictions")
         expected = majority_vote(predictions)
         got = np.asarray(got)
         if got.shape != expected.shape:
             hint = "one answer per example: vote down each column (axis 0 holds the N prompts)"
-            _fail(check, f"{call}: got shape {got.shape}, expected {expected.shape}", hint)
+            fail(check, f"{call}: got shape {got.shape}, expected {expected.shape}", hint)
         if got.dtype.kind not in "iu":
-            _fail(check, f"{call}: got an array of {got.dtype}, expected integer class ids",
-                  "return class indices (ints), e.g. from np.argmax")
+            fail(check, f"{call}: got an array of {got.dtype}, expected integer class ids",
+                 "return class indices (ints), e.g. from np.argmax")
         if not np.array_equal(got, expected):
             hint = "the most frequent class in each column, a tie going to the smallest class id"
             for candidate, candidate_hint in _vote_variants(predictions):
                 if np.array_equal(got, candidate):
                     hint = candidate_hint
                     break
-            _compare(check, call, got, expected, hint)
-    _passed(check, f"{len(_vote_cases())} cases: N from 1 to 6 prompts, ties, classes nobody voted for, "
-                   "up to 30 examples and 6 classes")
+            compare_arrays(check, call, got, expected, hint)
+    passed(check, f"{len(_vote_cases())} cases: N from 1 to 6 prompts, ties, classes nobody voted for, "
+                  "up to 30 examples and 6 classes")
 
 
 __all__ = [
