@@ -35,11 +35,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import extrapolation_split, load_e2e, load_tokenizer, rating_task, with_source
+from ..model import load_pretrained
 from ..peft import BitFitConfig, PromptEnsemble, bias_change, get_peft_model, load_adapter
 from ..threads import num_threads
 from ..train import pad_batch, source_ids
 from ..train.metrics import evaluate_generation
-from ..train.pretrain import load_pretrained, quick_mode
+from ..train.pretrain import quick_mode
 from .finetune import FinetuneSettings, evaluate, evenly_spaced, fit, label_token_ids, prepare, summarize
 from .report import write_json
 

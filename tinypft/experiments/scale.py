@@ -43,9 +43,10 @@ import numpy as np
 
 from ..data import load_tokenizer
 from ..data.lexicon import slot_errors
+from ..model.pretrained import MANIFEST_NAME
 from ..threads import num_threads
 from ..train import corpus_bleu, slot_error_rate, train
-from ..train.pretrain import MANIFEST_NAME, pretrain, quick_mode, size_config
+from ..train.pretrain import pretrain, quick_mode, size_config
 from .finetune import FinetuneSettings, evaluate, fit, prepare, summarize
 from .report import write_json
 

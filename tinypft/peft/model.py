@@ -47,10 +47,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import io
 from ..engine import Tensor
 from ..model import GPT, GPTOutput, KVCache
 from ..nn import Module, Parameter
+from ..serialization import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 from .config import FrozenConfig, FullFinetuneConfig, PeftConfig, config_from_dict
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -177,16 +177,16 @@ class PeftModel(Module):
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = self.adapter_state_dict(include_reparam)
-        io.save_tensors(directory / ADAPTER_WEIGHTS_NAME, tensors, metadata={"format": ADAPTER_FORMAT})
+        save_tensors(directory / ADAPTER_WEIGHTS_NAME, tensors, metadata={"format": ADAPTER_FORMAT})
         record = {
             "format": ADAPTER_FORMAT,
             "peft_config": self.peft_config.to_dict(),
             "inference_mode": not include_reparam,
             "base_model": base_model_fingerprint(self.base_model, frozen=self.frozen_base_names()),
             "tensors": {name: list(array.shape) for name, array in tensors.items()},
-            "weights_sha256": io.sha256_file(directory / ADAPTER_WEIGHTS_NAME),
+            "weights_sha256": sha256_file(directory / ADAPTER_WEIGHTS_NAME),
         }
-        io.atomic_write_json(directory / ADAPTER_CONFIG_NAME, record)
+        atomic_write_json(directory / ADAPTER_CONFIG_NAME, record)
 
     def frozen_base_names(self) -> list[str]:
         """Base parameters the method never changes: the fingerprint hashes their bytes."""
@@ -322,10 +322,10 @@ def load_adapter(base_model: GPT, path: str | Path, is_trainable: bool = False) 
     full fine-tuning, a head) write them into ``base_model``.
     """
     directory = Path(path)
-    record = io.read_json(directory / ADAPTER_CONFIG_NAME)
+    record = read_json(directory / ADAPTER_CONFIG_NAME)
     if record.get("format") != ADAPTER_FORMAT:
         raise ValueError(f"{directory}: not a tinypft adapter (format {record.get('format')!r})")
-    if io.sha256_file(directory / ADAPTER_WEIGHTS_NAME) != record["weights_sha256"]:
+    if sha256_file(directory / ADAPTER_WEIGHTS_NAME) != record["weights_sha256"]:
         raise ValueError(f"{directory}: {ADAPTER_WEIGHTS_NAME} does not belong to this {ADAPTER_CONFIG_NAME}")
     peft_config = config_from_dict(record["peft_config"])
     saved_base = record["base_model"]
@@ -342,7 +342,7 @@ def load_adapter(base_model: GPT, path: str | Path, is_trainable: bool = False) 
             p.requires_grad = flags[name]
         raise ValueError(f"load_adapter({directory}): {mismatch}")
     expected = {name: (tuple(shape), None) for name, shape in record["tensors"].items()}
-    tensors = io.load_tensors(directory / ADAPTER_WEIGHTS_NAME, expected)
+    tensors = load_tensors(directory / ADAPTER_WEIGHTS_NAME, expected)
     peft_model.load_adapter_tensors(tensors, inference_mode=record["inference_mode"])
     peft_model.set_adapter_trainable(is_trainable)
     return peft_model
@@ -364,7 +364,7 @@ class AdapterSize:
 def adapter_bytes(path: str | Path) -> AdapterSize:
     """Bytes stored per task by the adapter in directory ``path``."""
     directory = Path(path)
-    tensors = io.load_tensors(directory / ADAPTER_WEIGHTS_NAME)
+    tensors = load_tensors(directory / ADAPTER_WEIGHTS_NAME)
     return AdapterSize(
         tensor_file_bytes=(directory / ADAPTER_WEIGHTS_NAME).stat().st_size,
         config_file_bytes=(directory / ADAPTER_CONFIG_NAME).stat().st_size,
