@@ -99,7 +99,7 @@ def low_label(method: str, size: int, seed: int, unit: str = "mr") -> str:
 def trainer_for(engine: str) -> Any:
     if engine == "tinypft":
         return train
-    from .torch_twin import torch_train  # imports torch only when it is asked for
+    from .torch_train import torch_train  # imports torch only when it is asked for
 
     return torch_train
 
