@@ -4,7 +4,7 @@ Each class below mirrors one of tinypft's and holds the same parameters under th
 (``base_model.blocks.0.attn.q_proj.weight``, ...), so a tinypft state dict loads into its twin as
 is, and the twin's weights copy back name by name:
 
-    TorchAttention       model.gpt.CausalSelfAttention    (F.scaled_dot_product_attention)
+    TorchAttention       model.gpt.CausalSelfAttention    (torch's scaled_dot_product_attention)
     TorchMLP             model.gpt.MLP
     TorchBlock           model.gpt.Block
     TorchGPT             model.gpt.GPT                     (learned positions, pre-LN, tied head)
@@ -49,11 +49,12 @@ METHODS = ("full", "bitfit", "prefix", "prompt")
 class TorchAttention(nn.Module):
     """Mirrors ``CausalSelfAttention``: H heads of softmax(Q K^T / sqrt(hd) + mask) V, then W_o.
 
-    ``mask`` None: causal attention over the tokens (``F.scaled_dot_product_attention``), behind
+    ``mask`` None: causal attention over the tokens (``TF.scaled_dot_product_attention``), behind
     the ``prefix`` keys and values (1, H, P, hd) if given, which every query sees. ``mask``
-    (B, 1, T, P + T) boolean, True where a query may attend (padding): as in ``F.attention``, a
-    disallowed score is replaced by the dtype's most negative value (not -inf), so a query that may
-    attend nothing (a padding position) averages every value and passes no gradient to the scores.
+    (B, 1, T, P + T) boolean, True where a query may attend (padding): as in tinypft's
+    ``engine.functional.attention``, a disallowed score is replaced by the dtype's most negative
+    value (not -inf), so a query that may attend nothing (a padding position) averages every value
+    and passes no gradient to the scores.
     """
 
     def __init__(self, config: GPTConfig) -> None:
