@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import tinypft
-from tinypft import bench, cli
+from tinypft import cli
+from tinypft.bench.step_profile import matmul_flops
+from tinypft.bench.workload import METHODS, parse_config
 from tinypft.engine import manual_seed
 from tinypft.model import GPT, GPTConfig
 from tinypft.threads import num_threads
@@ -39,7 +41,7 @@ def run_json(capsys: pytest.CaptureFixture[str], *extra: str) -> dict:
 
 def check_report(report: dict) -> None:
     assert TOP_FIELDS <= set(report)
-    assert set(report["methods"]) == set(bench.METHODS)
+    assert set(report["methods"]) == set(METHODS)
     for entry in report["methods"].values():
         assert METHOD_FIELDS <= set(entry)
         assert entry["ms_per_step"] > 0 and entry["tokens_per_s"] > 0 and entry["peak_mem_mb"] > 0
@@ -82,16 +84,16 @@ def test_bench_rejects_bad_config(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_parse_config_presets() -> None:
-    large = bench.parse_config("large")
+    large = parse_config("large")
     assert (large.model.d_model, large.model.n_layers, large.model.n_heads) == (256, 6, 8)
-    standard = bench.parse_config("standard")
+    standard = parse_config("standard")
     shape = (standard.model.vocab_size, standard.model.d_model, standard.batch, standard.seq_len)
     assert shape == (512, 128, 16, 118)
 
 
 def test_matmul_flops() -> None:
-    assert bench.matmul_flops(np.ones((3, 4)), np.ones((4, 5))) == 2 * 3 * 4 * 5
-    assert bench.matmul_flops(np.ones((2, 1, 3, 4)), np.ones((6, 4, 5))) == 2 * 12 * 3 * 4 * 5
+    assert matmul_flops(np.ones((3, 4)), np.ones((4, 5))) == 2 * 3 * 4 * 5
+    assert matmul_flops(np.ones((2, 1, 3, 4)), np.ones((6, 4, 5))) == 2 * 12 * 3 * 4 * 5
 
 
 def test_set_num_threads_round_trip() -> None:

@@ -16,10 +16,10 @@ from tinypft.data import IGNORE_INDEX, PAIR_SEPARATOR, load_tokenizer
 from tinypft.experiments import FinetuneSettings, run_finetune, sweep_lr
 from tinypft.experiments.finetune import classify, finetune_command, fit, label_token_ids, prepare
 from tinypft.experiments.methods import DEFAULTS, method_defaults
-from tinypft.model import GPTConfig
+from tinypft.model import GPTConfig, load_pretrained
 from tinypft.peft import PeftModel
 from tinypft.peft.mapping import method_names
-from tinypft.train.pretrain import load_pretrained, pretrain
+from tinypft.train.pretrain import pretrain
 
 METHODS = ("full", "frozen", "bitfit", "prefix", "prompt")
 PROMPT_LENGTH = method_defaults("prompt").num_virtual_tokens  # the prompt's default P

@@ -157,7 +157,7 @@ def test_dropout_is_seeded_and_off_in_eval():
 
 def test_logits_and_every_gradient_equal_pytorch():
     torch = pytest.importorskip("torch")
-    from torch_reference import torch_twin
+    from tinypft.model.torch_twin import build_torch_gpt
 
     model = make_model(vocab_size=20, context_length=16, d_model=12, n_layers=2, n_heads=3)
     ids = ids_for(model, 3, 9, seed=4)
@@ -165,7 +165,7 @@ def test_logits_and_every_gradient_equal_pytorch():
     mask[1, 7:] = 0
     mask[2, :2] = 0  # left padding
     labels = np.where(mask == 1, ids, -100)
-    twin = torch_twin(model)
+    twin = build_torch_gpt(model, torch.float64)
     t_logits = twin(torch.from_numpy(ids), torch.from_numpy(mask))
     logits = model(ids, attention_mask=mask).logits
     real = mask.astype(bool)
@@ -187,14 +187,14 @@ def test_logits_and_every_gradient_equal_pytorch():
 
 def test_kv_prefix_equals_pytorch():
     torch = pytest.importorskip("torch")
-    from torch_reference import torch_twin
+    from tinypft.model.torch_twin import build_torch_gpt
 
     model = make_model()
     ids = ids_for(model, 2, 5)
     rng = np.random.default_rng(1)
     raw = [(rng.normal(size=(1, 2, 3, 4)), rng.normal(size=(1, 2, 3, 4))) for _ in range(2)]
     ours = model(ids, kv_prefix=[(Tensor(k), Tensor(v)) for k, v in raw]).logits.data
-    theirs = torch_twin(model)(
+    theirs = build_torch_gpt(model, torch.float64)(
         torch.from_numpy(ids), kv_prefix=[(torch.from_numpy(k), torch.from_numpy(v)) for k, v in raw]
     )
     np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-10, atol=1e-12)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from tiny_models import tiny_model
 
-from tinypft.io import load_tensors
 from tinypft.model import GPT, GPTConfig
 from tinypft.peft import (
     BitFitConfig,
@@ -22,6 +21,7 @@ from tinypft.peft import (
     adapter_bytes,
     get_peft_model,
 )
+from tinypft.serialization import load_tensors
 
 IDS = np.random.default_rng(0).integers(0, 16, (2, 5))
 

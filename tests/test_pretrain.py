@@ -15,15 +15,9 @@ import pytest
 from tinypft.cli import main
 from tinypft.data import Tokenizer, heldout_split, load_e2e, load_tokenizer, write_e2e_csv
 from tinypft.engine import get_rng
-from tinypft.model import GPTConfig
-from tinypft.train.pretrain import (
-    SIZES,
-    checkpoint_dir,
-    corpus_windows,
-    load_pretrained,
-    pretrain,
-    size_config,
-)
+from tinypft.model import GPTConfig, load_pretrained
+from tinypft.model.pretrained import checkpoint_dir
+from tinypft.train.pretrain import SIZES, corpus_windows, pretrain, size_config
 from tinypft.train.probes import copy_probe_prompts, name_copy_rate
 from tinypft.train.trainer import mean_loss, train
 

@@ -16,7 +16,7 @@ from tinypft.train import TrainConfig
 from tinypft.train.pretrain import pretrain
 
 torch = pytest.importorskip("torch")
-from tinypft.experiments.torch_twin import torch_train  # noqa: E402  (needs torch)
+from tinypft.experiments.torch_train import torch_train  # noqa: E402  (needs torch)
 
 
 @pytest.mark.parametrize("method", ["full", "bitfit", "prefix", "prompt"])

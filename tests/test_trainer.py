@@ -80,7 +80,7 @@ def test_frozen_parameters_stay_bit_identical_and_get_no_optimizer_state(tmp_pat
         same = np.array_equal(before[name], after[name])
         assert same == (not name.endswith(".bias")), name
     # the checkpoint holds only the biases and their two AdamW moments
-    from tinypft.io import load_tensors
+    from tinypft.serialization import load_tensors
 
     arrays = load_tensors(next(tmp_path.glob("step-*")) / "arrays.safetensors")
     n_bias = sum(name.endswith(".bias") for name in before)

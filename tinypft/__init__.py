@@ -26,10 +26,13 @@ from .engine.ops import (  # noqa: E402
     tanh,
     where,
 )
+from .model import GPT, GPTConfig, load_pretrained  # noqa: E402
 from .threads import get_num_threads, set_num_threads  # noqa: E402
 
 __all__ = [
+    "GPT",
     "Function",
+    "GPTConfig",
     "GradcheckError",
     "Tensor",
     "__version__",
@@ -41,6 +44,7 @@ __all__ = [
     "get_default_dtype",
     "get_num_threads",
     "gradcheck",
+    "load_pretrained",
     "log",
     "manual_seed",
     "matmul",

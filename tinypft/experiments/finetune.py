@@ -54,11 +54,12 @@ from ..data import (
     with_source,
 )
 from ..engine import Tensor, functional, manual_seed, no_grad
+from ..model.pretrained import checkpoint_dir, load_pretrained
 from ..peft import PeftModel, get_peft_model, infix_batch_loss
 from ..threads import num_threads
 from ..train import Batch, TrainConfig, TrainResult, encode_pairs, pad_batch, source_ids, train
 from ..train.metrics import evaluate_generation
-from ..train.pretrain import checkpoint_dir, load_pretrained, quick_mode
+from ..train.pretrain import quick_mode
 from ..train.trainer import lm_batch_loss
 from . import report
 from .methods import DEFAULTS, method_defaults, peft_config

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..io import atomic_write_json
+from ..serialization import atomic_write_json
 from ..threads import get_num_threads
 
 # (key, header, format) of the table's columns; metric columns are added per task.

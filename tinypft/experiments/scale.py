@@ -43,9 +43,10 @@ import numpy as np
 
 from ..data import load_tokenizer
 from ..data.lexicon import slot_errors
+from ..model.pretrained import MANIFEST_NAME
 from ..threads import num_threads
 from ..train import corpus_bleu, slot_error_rate, train
-from ..train.pretrain import MANIFEST_NAME, pretrain, quick_mode, size_config
+from ..train.pretrain import pretrain, quick_mode, size_config
 from .finetune import FinetuneSettings, evaluate, fit, prepare, summarize
 from .report import write_json
 
@@ -98,7 +99,7 @@ def low_label(method: str, size: int, seed: int, unit: str = "mr") -> str:
 def trainer_for(engine: str) -> Any:
     if engine == "tinypft":
         return train
-    from .torch_twin import torch_train  # imports torch only when it is asked for
+    from .torch_train import torch_train  # imports torch only when it is asked for
 
     return torch_train
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import load_tensors
+from ..serialization import load_tensors
 from .config import GPTConfig
 from .gpt import GPT
 

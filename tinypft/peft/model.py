@@ -59,10 +59,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import io
 from ..engine import Tensor
 from ..model import GPT, GPTOutput, KVCache
 from ..nn import Module, Parameter
+from ..serialization import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 from .config import PeftConfig
 
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -232,16 +232,16 @@ class PeftModel(Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = self.trained_state_dict() if include_reparam else self.adapter_state_dict()
-        io.save_tensors(directory / ADAPTER_WEIGHTS_NAME, tensors, metadata={"format": ADAPTER_FORMAT})
+        save_tensors(directory / ADAPTER_WEIGHTS_NAME, tensors, metadata={"format": ADAPTER_FORMAT})
         record = {
             "format": ADAPTER_FORMAT,
             "peft_config": self.peft_config.to_dict(),
             "inference_mode": not include_reparam,
             "base_model": base_model_fingerprint(self.base_model, frozen=self.frozen_base_names()),
             "tensors": {name: list(array.shape) for name, array in tensors.items()},
-            "weights_sha256": io.sha256_file(directory / ADAPTER_WEIGHTS_NAME),
+            "weights_sha256": sha256_file(directory / ADAPTER_WEIGHTS_NAME),
         }
-        io.atomic_write_json(directory / ADAPTER_CONFIG_NAME, record)
+        atomic_write_json(directory / ADAPTER_CONFIG_NAME, record)
 
     def frozen_base_names(self) -> list[str]:
         """Base parameters the method never changes: the fingerprint hashes their bytes."""
@@ -267,10 +267,10 @@ class PeftModel(Module):
         from .mapping import PEFT_METHODS, config_from_dict  # here: mapping.py imports this module
 
         directory = Path(directory)
-        record = io.read_json(directory / ADAPTER_CONFIG_NAME)
+        record = read_json(directory / ADAPTER_CONFIG_NAME)
         if record.get("format") != ADAPTER_FORMAT:
             raise ValueError(f"{directory}: not a tinypft adapter (format {record.get('format')!r})")
-        if io.sha256_file(directory / ADAPTER_WEIGHTS_NAME) != record["weights_sha256"]:
+        if sha256_file(directory / ADAPTER_WEIGHTS_NAME) != record["weights_sha256"]:
             raise ValueError(
                 f"{directory}: {ADAPTER_WEIGHTS_NAME} does not belong to this {ADAPTER_CONFIG_NAME}"
             )
@@ -291,7 +291,7 @@ class PeftModel(Module):
                 p.requires_grad = flags[name]
             raise ValueError(f"from_pretrained({directory}): {mismatch}")
         expected = {name: (tuple(shape), None) for name, shape in record["tensors"].items()}
-        peft_model.load_adapter_tensors(io.load_tensors(directory / ADAPTER_WEIGHTS_NAME, expected))
+        peft_model.load_adapter_tensors(load_tensors(directory / ADAPTER_WEIGHTS_NAME, expected))
         peft_model.set_adapter_trainable(is_trainable)
         return peft_model
 
@@ -403,7 +403,7 @@ class AdapterSize:
 def adapter_bytes(path: str | Path) -> AdapterSize:
     """Bytes stored per task by the adapter in directory ``path``."""
     directory = Path(path)
-    tensors = io.load_tensors(directory / ADAPTER_WEIGHTS_NAME)
+    tensors = load_tensors(directory / ADAPTER_WEIGHTS_NAME)
     return AdapterSize(
         tensor_file_bytes=(directory / ADAPTER_WEIGHTS_NAME).stat().st_size,
         config_file_bytes=(directory / ADAPTER_CONFIG_NAME).stat().st_size,

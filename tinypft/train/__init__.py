@@ -4,7 +4,7 @@
     trainer      the training loop (AdamW, schedule, clipping, evaluation, checkpoints, exact resume)
     generate     batched greedy and beam-search decoding with a KV cache
     metrics      corpus BLEU, slot error rate, evaluate_generation
-    pretrain     the ``tinypft pretrain`` command and ``load_pretrained``
+    pretrain     the ``tinypft pretrain`` command: the shipped checkpoints' pretraining run
 """
 
 from .batching import (
@@ -20,12 +20,12 @@ from .batching import (
 )
 from .generate import generate
 from .metrics import corpus_bleu, evaluate_generation, slot_error_rate
-from .pretrain import load_pretrained, pretrain
+from .pretrain import pretrain
 from .trainer import TrainConfig, TrainResult, lm_batch_loss, mean_loss, train
 
 __all__ = [
     "Batch", "PackedWindows", "TrainConfig", "TrainResult", "corpus_bleu", "encode_pairs", "epoch_order",
-    "evaluate_generation", "generate", "iterate_batches", "left_pad", "lm_batch_loss", "load_pretrained",
+    "evaluate_generation", "generate", "iterate_batches", "left_pad", "lm_batch_loss",
     "mean_loss", "pack_documents", "pad_batch", "pretrain", "slot_error_rate", "source_ids", "train",
 ]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
+from ..serialization import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 
 LATEST = "latest.json"
 ARRAYS, STATE = "arrays.safetensors", "state.json"

@@ -1,4 +1,4 @@
-"""Pretraining the mini GPT-2s that fine-tuning starts from, and loading the shipped checkpoints.
+"""Pretraining the mini GPT-2s that fine-tuning starts from.
 
     tinypft pretrain --size small --out runs/small      # the shipped data/checkpoints/small needs --force
     tinypft pretrain --size tiny --steps 300 --out /tmp/tiny
@@ -13,8 +13,8 @@ training stops when it stops improving. Nothing from E2E's dev or test split is 
 A checkpoint folder holds ``model.safetensors`` (float16 by default: half the bytes, and the
 rounding costs a negligible amount of loss, which the manifest records) and ``manifest.json``:
 the GPTConfig, the tokenizer's fingerprint, data and seeds, the loss curve, the copy probe, the
-speed, the SHA-256 of the weights and the command that made it. ``load_pretrained`` checks both
-before loading.
+speed, the SHA-256 of the weights and the command that made it. ``tinypft.model.load_pretrained``
+checks both before loading.
 """
 
 from __future__ import annotations
@@ -40,18 +40,16 @@ from ..data import (
     load_e2e,
     load_tokenizer,
     reference_groups,
-    repo_data_dir,
 )
-from ..engine import default_dtype, get_rng, manual_seed, use_fused_kernels
-from ..io import WEIGHTS_NAME, atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
+from ..engine import manual_seed, use_fused_kernels
 from ..model import GPT, GPTConfig
+from ..model.pretrained import MANIFEST_FORMAT, MANIFEST_NAME, checkpoint_dir
+from ..serialization import WEIGHTS_NAME, atomic_write_json, save_tensors, sha256_file
 from ..threads import num_threads
 from .batching import PackedWindows, pack_documents
 from .probes import name_copy_rate
 from .trainer import TrainConfig, TrainResult, mean_loss, train
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "tinypft-pretrained"
 CONTEXT_LENGTH = 128
 
 # Model shapes (vocab_size comes from the tokenizer). Parameters with the 2,048-token vocabulary:
@@ -76,11 +74,6 @@ def size_config(size: str, vocab_size: int, context_length: int = CONTEXT_LENGTH
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(SIZES)}")
     return GPTConfig(vocab_size=vocab_size, context_length=context_length, **SIZES[size])
-
-
-def checkpoint_dir(size: str) -> Path:
-    """Where the shipped checkpoint of a size lives: ``data/checkpoints/<size>/``."""
-    return repo_data_dir() / "checkpoints" / size
 
 
 def quick_mode() -> bool:
@@ -212,47 +205,6 @@ def _loss_curve(train_loss: list[float], evals: list[dict[str, float]]) -> list[
         curve.append((step, float(np.mean(train_loss[previous:step])), float(e["loss"])))
         previous = step
     return curve
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def load_pretrained(
-    size: str, directory: str | Path | None = None, dropout: float = 0.0, tokenizer: Tokenizer | None = None
-) -> tuple[GPT, dict[str, Any]]:
-    """Load a pretrained checkpoint (default ``data/checkpoints/<size>/``) as a float32 GPT in eval mode.
-
-    Checks that the weights file has the SHA-256 the manifest records and that the manifest's
-    tokenizer is the project's (or ``tokenizer``); raises ValueError otherwise. ``dropout``
-    overrides the config's, for fine-tuning. Loading draws nothing from the global generator.
-    """
-    directory = Path(directory) if directory is not None else checkpoint_dir(size)
-    manifest_path = directory / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"no {MANIFEST_NAME} in {directory}; run `tinypft pretrain --size {size}`")
-    manifest = read_json(manifest_path)
-    weights = directory / manifest.get("weights_file", WEIGHTS_NAME)
-    digest = sha256_file(weights)
-    if digest != manifest["weights_sha256"]:
-        raise ValueError(
-            f"{weights} is corrupted or was modified: its SHA-256 is {digest}, "
-            f"the manifest expects {manifest['weights_sha256']}"
-        )
-    tokenizer = tokenizer or load_tokenizer()
-    if manifest["tokenizer"]["fingerprint"] != tokenizer.fingerprint():
-        raise ValueError(
-            f"{directory} was trained with another tokenizer: fingerprint "
-            f"{manifest['tokenizer']['fingerprint'][:12]}..., this one is {tokenizer.fingerprint()[:12]}..."
-        )
-    config = GPTConfig.from_dict({**manifest["config"], "dropout": dropout})
-    rng_state = get_rng().bit_generator.state
-    with default_dtype(np.float32):
-        model = GPT(config)  # its random initialization is overwritten below
-    get_rng().bit_generator.state = rng_state
-    expected = {name: (p.shape, manifest["dtype"]) for name, p in model.named_parameters()}
-    model.load_state_dict(load_tensors(weights, expected))  # cast to float32
-    model.eval()
-    return model, manifest
 
 
 # ----------------------------------------------------------------------------- command line

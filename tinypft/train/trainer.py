@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from ..data.tokenizer import Tokenizer
 from ..engine import Tensor, get_rng, manual_seed, no_grad
-from ..io import read_json
 from ..optim import AdamW, Schedule, clip_grad_norm_
+from ..serialization import read_json
 from .batching import Batch, Example, eval_batches, num_batches, step_batch
 from .checkpoints import (
     LATEST,

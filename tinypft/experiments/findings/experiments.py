@@ -18,9 +18,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ...data import load_e2e, rating_task
+from ...model import load_pretrained
 from ...peft import PeftModel, PromptEnsemble
 from ...train import pad_batch, source_ids
-from ...train.pretrain import load_pretrained
 from ..finetune import evenly_spaced, label_token_ids
 from ..report import write_json
 from .runs import Context, Row, RunSpec, execute

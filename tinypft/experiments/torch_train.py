@@ -1,15 +1,16 @@
 """Train a tinypft model in PyTorch: the same loop as ``tinypft.train.train``, run on a float32 twin.
 
-``torch_train`` has ``train``'s signature. It builds the model's PyTorch twin (``bench.build_torch``:
-the same architecture, the same parameter names, the same trainable set), trains it exactly as
-``train`` would (the same batches in the same order, AdamW with decay on matrices only, the same
-warmup and decay, clipping at 1, next-token cross-entropy on target tokens), and copies the
-weights back into the tinypft model. Held-out evaluation copies the weights back and calls
-tinypft's own ``mean_loss``, so the numbers the two engines report are computed the same way.
+``torch_train`` has ``train``'s signature. It builds the model's PyTorch twin
+(``tinypft.model.torch_twin.build_torch``: the same architecture, the same parameter names, the
+same trainable set), trains it exactly as ``train`` would (the same batches in the same order,
+AdamW with decay on matrices only, the same warmup and decay, clipping at 1, next-token
+cross-entropy on target tokens), and copies the weights back into the tinypft model. Held-out
+evaluation copies the weights back and calls tinypft's own ``mean_loss``, so the numbers the two
+engines report are computed the same way.
 
 It exists to tell a bug from a method: if a recipe gives the same numbers whichever engine trains,
-tinypft's ops are not what limits it. PyTorch is imported only when this runs; tinypft never
-needs it otherwise.
+tinypft's ops are not what limits it. This module imports PyTorch; tinypft imports this module
+only when a run asks for the PyTorch engine, and never needs PyTorch otherwise.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as TF
 from tqdm.auto import tqdm
 
-from ..bench import build_torch
+from ..model.torch_twin import build_torch
 from ..optim.schedules import lr_lambda
 from ..peft import (
     BitFitConfig,
@@ -71,9 +74,6 @@ def torch_train(
     """``tinypft.train.train`` with the steps taken in PyTorch; ``model`` (a GPT or a PeftModel)
     holds the trained weights afterwards. Checkpoints, resuming, ``eval_fn`` and losses other than
     the LM loss are not mirrored: asking for them is an error, not a silent difference."""
-    import torch
-    import torch.nn.functional as TF
-
     if loss_fn not in (None, lm_batch_loss):
         raise ValueError("torch_train: only the LM loss on target tokens is mirrored")
     if eval_fn is not None or resume or config.checkpoint_dir is not None:

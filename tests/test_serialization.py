@@ -1,4 +1,5 @@
-"""Tests of tinypft.io: safetensors round trips, corrupted files, expectations, atomic writes, no pickle."""
+"""Tests of tinypft.serialization: safetensors round trips, corrupted files, expectations, atomic
+writes, no pickle."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tinypft.io as tio
+from tinypft import serialization
 from tinypft.nn import LayerNorm, Linear, Module, Sequential
 
 
@@ -30,7 +31,7 @@ def _tensors() -> dict[str, np.ndarray]:
 @pytest.fixture
 def saved(tmp_path: Path) -> Path:
     path = tmp_path / "t.safetensors"
-    tio.save_tensors(path, _tensors(), metadata={"step": "7"})
+    serialization.save_tensors(path, _tensors(), metadata={"step": "7"})
     return path
 
 
@@ -38,27 +39,27 @@ def saved(tmp_path: Path) -> Path:
 
 
 def test_round_trip_keeps_values_dtypes_and_metadata(saved: Path):
-    loaded = tio.load_tensors(saved)
+    loaded = serialization.load_tensors(saved)
     original = _tensors()
     assert set(loaded) == set(original)
     for name, array in original.items():
         assert loaded[name].dtype == array.dtype and np.array_equal(loaded[name], array), name
-    assert tio.read_metadata(saved) == {"step": "7"}
+    assert serialization.read_metadata(saved) == {"step": "7"}
 
 
 def test_strided_views_are_saved_by_value(tmp_path: Path):
     a = np.arange(12.0).reshape(3, 4)
     path = tmp_path / "views.safetensors"
-    tio.save_tensors(path, {"t": a.T, "every_other": a[:, ::2]})
-    loaded = tio.load_tensors(path)
+    serialization.save_tensors(path, {"t": a.T, "every_other": a[:, ::2]})
+    loaded = serialization.load_tensors(path)
     assert np.array_equal(loaded["t"], a.T) and np.array_equal(loaded["every_other"], a[:, ::2])
 
 
 def test_save_rejects_non_string_metadata_and_non_arrays(tmp_path: Path):
     with pytest.raises(TypeError, match="metadata"):
-        tio.save_tensors(tmp_path / "x.safetensors", {"a": np.zeros(1)}, metadata={"step": 7})
+        serialization.save_tensors(tmp_path / "x.safetensors", {"a": np.zeros(1)}, metadata={"step": 7})
     with pytest.raises(TypeError, match="'a'"):
-        tio.save_tensors(tmp_path / "x.safetensors", {"a": [1.0, 2.0]})
+        serialization.save_tensors(tmp_path / "x.safetensors", {"a": [1.0, 2.0]})
     assert not list(tmp_path.iterdir())
 
 
@@ -70,7 +71,7 @@ def test_truncated_file_is_a_value_error_naming_it(saved: Path, keep: int):
     data = saved.read_bytes()
     saved.write_bytes(data[:keep] if keep >= 0 else data[:-3])
     with pytest.raises(ValueError, match=f"{saved.name}.*not a valid safetensors file"):
-        tio.load_tensors(saved)
+        serialization.load_tensors(saved)
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,7 @@ def test_corrupted_header_is_a_value_error(saved: Path, old: bytes, new: bytes):
     assert old in data
     saved.write_bytes(data.replace(old, new, 1))
     with pytest.raises(ValueError, match=f"{saved.name}.*not a valid safetensors file"):
-        tio.load_tensors(saved)
+        serialization.load_tensors(saved)
 
 
 def test_wrong_header_length_is_a_value_error(saved: Path):
@@ -95,16 +96,16 @@ def test_wrong_header_length_is_a_value_error(saved: Path):
     data[0] ^= 0x01  # the header length is off by one
     saved.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=saved.name):
-        tio.load_tensors(saved)
+        serialization.load_tensors(saved)
     data[7] = 0x7F  # an absurd header length
     saved.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=saved.name):
-        tio.read_metadata(saved)
+        serialization.read_metadata(saved)
 
 
 def test_expected_names_shapes_and_dtypes(saved: Path):
     expected = {name: (a.shape, a.dtype) for name, a in _tensors().items()}
-    assert set(tio.load_tensors(saved, expected)) == set(expected)
+    assert set(serialization.load_tensors(saved, expected)) == set(expected)
 
     wrong = dict(expected)
     wrong["f32"] = ((4, 3), np.float32)
@@ -112,7 +113,7 @@ def test_expected_names_shapes_and_dtypes(saved: Path):
     wrong["extra"] = ((1,), None)
     del wrong["i64"]
     with pytest.raises(ValueError) as info:
-        tio.load_tensors(saved, wrong)
+        serialization.load_tensors(saved, wrong)
     message = str(info.value)
     for part in [
         saved.name,
@@ -142,21 +143,21 @@ def test_a_pickle_is_rejected_without_running_it(tmp_path: Path):
     path = tmp_path / "model.safetensors"
     path.write_bytes(pickle.dumps({"weight": _Exploit(marker)}))
     with pytest.raises(ValueError, match="not a valid safetensors file"):
-        tio.load_tensors(path)
+        serialization.load_tensors(path)
     with pytest.raises(ValueError, match="not a valid safetensors file"):
-        tio.read_metadata(path)
+        serialization.read_metadata(path)
     assert not marker.exists()
 
     npy = tmp_path / "object.safetensors"
     with open(npy, "wb") as f:
         np.save(f, np.array([_Exploit(marker)], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="not a valid safetensors file"):
-        tio.load_tensors(npy)
+        serialization.load_tensors(npy)
     assert not marker.exists()
 
 
-def test_io_source_never_uses_pickle():
-    tree = ast.parse(Path(tio.__file__).read_text())
+def test_serialization_source_never_uses_pickle():
+    tree = ast.parse(Path(serialization.__file__).read_text())
     imported = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
@@ -173,15 +174,15 @@ def test_io_source_never_uses_pickle():
 
 def test_atomic_write_replaces_and_leaves_no_temp_files(tmp_path: Path):
     path = tmp_path / "out.bin"
-    tio.atomic_write_bytes(path, b"first")
-    tio.atomic_write_bytes(path, b"second")
+    serialization.atomic_write_bytes(path, b"first")
+    serialization.atomic_write_bytes(path, b"second")
     assert path.read_bytes() == b"second"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 
 
 def test_failure_mid_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     path = tmp_path / "weights.safetensors"
-    tio.save_tensors(path, {"a": np.ones(4)})
+    serialization.save_tensors(path, {"a": np.ones(4)})
     before = path.read_bytes()
     real_fdopen = os.fdopen
 
@@ -207,7 +208,7 @@ def test_failure_mid_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(os, "fdopen", lambda fd, mode: HalfWriter(real_fdopen(fd, mode)))
     with pytest.raises(OSError, match="No space"):
-        tio.save_tensors(path, {"a": np.zeros(1000)})
+        serialization.save_tensors(path, {"a": np.zeros(1000)})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
@@ -215,14 +216,14 @@ def test_failure_mid_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytes
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
 def test_failure_before_the_rename_keeps_the_old_file(tmp_path: Path, monkeypatch, failing: str):
     path = tmp_path / "config.json"
-    tio.atomic_write_json(path, {"version": 1})
+    serialization.atomic_write_json(path, {"version": 1})
 
     def fail(*args, **kwargs):
         raise OSError(f"{failing} failed")
 
     monkeypatch.setattr(os, failing, fail)
     with pytest.raises(OSError, match=failing):
-        tio.atomic_write_json(path, {"version": 2})
+        serialization.atomic_write_json(path, {"version": 2})
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"version": 1}
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
@@ -232,7 +233,7 @@ def test_sha256_file(tmp_path: Path):
     path = tmp_path / "blob"
     data = os.urandom(3 * (1 << 20) + 17)  # more than one read chunk
     path.write_bytes(data)
-    assert tio.sha256_file(path) == hashlib.sha256(data).hexdigest()
+    assert serialization.sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
 # ----------------------------------------------------------------------------- modules
@@ -248,10 +249,10 @@ class _Net(Module):
 def test_save_module_and_load_module_state(tmp_path: Path):
     source, target = _Net(), _Net()
     config = {"d": 4, "name": "net"}
-    tio.save_module(source, tmp_path / "ckpt", config)
+    serialization.save_module(source, tmp_path / "ckpt", config)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
-    assert tio.read_json(tmp_path / "ckpt" / "config.json") == config
-    tio.load_module_state(target, tmp_path / "ckpt")
+    assert serialization.read_json(tmp_path / "ckpt" / "config.json") == config
+    serialization.load_module_state(target, tmp_path / "ckpt")
     for (name, p), q in zip(source.named_parameters(), target.parameters()):
         assert np.array_equal(p.data, q.data), name
 
@@ -259,10 +260,10 @@ def test_save_module_and_load_module_state(tmp_path: Path):
 def test_load_module_state_casts_a_float16_file(tmp_path: Path):
     source, target = _Net(), _Net()
     half = {k: v.astype(np.float16) for k, v in source.state_dict().items()}
-    tio.save_tensors(tmp_path / "model.safetensors", half)
+    serialization.save_tensors(tmp_path / "model.safetensors", half)
     with pytest.raises(ValueError, match="expected dtype float32, found float16"):
-        tio.load_module_state(target, tmp_path, dtype=np.float32)
-    tio.load_module_state(target, tmp_path)
+        serialization.load_module_state(target, tmp_path, dtype=np.float32)
+    serialization.load_module_state(target, tmp_path)
     assert target.head.weight.dtype == np.float32
     assert np.array_equal(target.head.weight.data, half["head.weight"].astype(np.float32))
 
@@ -271,11 +272,11 @@ def test_load_module_state_names_the_bad_tensor(tmp_path: Path):
     state = _Net().state_dict()
     state["head.weight"] = np.zeros((3, 4), dtype=np.float32)
     del state["body.1.bias"]
-    tio.save_tensors(tmp_path / "model.safetensors", state)
+    serialization.save_tensors(tmp_path / "model.safetensors", state)
     target = _Net()
     before = target.state_dict()
     with pytest.raises(ValueError) as info:
-        tio.load_module_state(target, tmp_path)
+        serialization.load_module_state(target, tmp_path)
     assert "tensor 'head.weight': expected shape (2, 4), found (3, 4)" in str(info.value)
     assert "missing tensor 'body.1.bias'" in str(info.value)
     for name, array in target.state_dict().items():
