@@ -36,19 +36,19 @@ PROMPTS = [[3, 4, 5], [6], [7, 8, 9, 10, 11, 12], [13, 14]]  # different lengths
 
 @pytest.fixture
 def fast_steps(monkeypatch):
-    """Counts the calls the fast path answered (``decode_step`` returning an output)."""
+    """Counts the calls the fast path answered (``can_decode_fast`` saying yes) and declined."""
     counts = {"fast": 0, "declined": 0}
-    original = decode.decode_step
+    original = decode.can_decode_fast
 
     def counting(*args, **kwargs):
-        out = original(*args, **kwargs)
-        if out is not None:
+        fast = original(*args, **kwargs)
+        if fast:
             counts["fast"] += 1
         elif fast_decode_enabled():
             counts["declined"] += 1
-        return out
+        return fast
 
-    monkeypatch.setattr(decode, "decode_step", counting)
+    monkeypatch.setattr(decode, "can_decode_fast", counting)
     return counts
 
 

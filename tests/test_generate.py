@@ -9,7 +9,7 @@ import pytest
 import tinypft
 from tinypft.engine import Tensor
 from tinypft.model import GPT, GPTConfig
-from tinypft.model.gpt import KVCache
+from tinypft.model.cache import KVCache
 from tinypft.train.generate import generate
 
 VOCAB, CONTEXT, PAD = 24, 20, 0

@@ -54,6 +54,7 @@ from ..data import (
     with_source,
 )
 from ..engine import Tensor, functional, manual_seed, no_grad
+from ..model import last_real_index
 from ..model.pretrained import checkpoint_dir, load_pretrained
 from ..peft import PeftModel, get_peft_model, infix_batch_loss
 from ..threads import num_threads
@@ -208,11 +209,6 @@ def label_token_ids(tokenizer: Tokenizer, words: Sequence[str]) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- losses and scoring
-
-
-def last_real_index(attention_mask: np.ndarray) -> np.ndarray:
-    """Index of each row's last real token (B,) in a right-padded batch."""
-    return np.asarray(attention_mask).sum(axis=1) - 1
 
 
 def probe_loss(model: Any, batch: Batch) -> Tensor:

@@ -8,10 +8,12 @@
     torch_twin   the same model in PyTorch, for cross-checks and timing (needs torch; not imported here)
 """
 
+from .cache import KVCache
 from .config import GPTConfig
-from .gpt import GPT, MLP, Block, CausalSelfAttention, GPTOutput, KVCache
+from .gpt import GPT, MLP, Block, CausalSelfAttention, GPTOutput, last_real_index
 from .pretrained import load_pretrained
 
 __all__ = [
-    "GPT", "MLP", "Block", "CausalSelfAttention", "GPTConfig", "GPTOutput", "KVCache", "load_pretrained",
+    "GPT", "MLP", "Block", "CausalSelfAttention", "GPTConfig", "GPTOutput", "KVCache", "last_real_index",
+    "load_pretrained",
 ]

@@ -23,171 +23,40 @@ Extension points, kept generic (the model knows nothing of any fine-tuning metho
   keys and values: K = [P_K; K_x], V = [P_V; V_x]. No queries exist at those positions.
   ``kv_prefix_start`` (B,) makes them visible only to tokens at index >= start (an infix between a
   source and a target); by default every token sees them. Tokens' positions start after them.
-* ``cache``: keys and values of earlier positions for incremental decoding (see ``KVCache``).
-* an optional classification head read at the last real token of each sequence.
+* ``cache``: keys and values of earlier positions for incremental decoding (``cache.KVCache``).
+  A plain cached step without gradients in eval mode is computed by ``decode.fast_decode_step``
+  on the arrays, without autograd: the same numbers for a fraction of the Python overhead.
+* an optional classification head read at the last real token of each sequence
+  (``last_real_index``).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine import Tensor, is_grad_enabled, ops
+from ..engine import Tensor, ops
 from ..engine import functional as F
 from ..engine.rng import get_rng
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
+from . import decode
+from .cache import KVBuffer, KVCache, KVPair, LayerCache
 from .config import GPTConfig
 
-KVPair = tuple[Tensor, Tensor]
 
+def last_real_index(attention_mask: np.ndarray) -> np.ndarray:
+    """Index of each row's last real token, with left or right padding.
 
-class KVBuffer:
-    """One layer's keys and values in preallocated arrays, so that decoding appends without copying.
-
-    keys, values  (B, H, capacity, head_dim); positions [0, filled) along axis 2 are written.
-
-    A cache of length T sees the first T positions as views. Several caches may share a buffer (a
-    cache and the one that extended it, or ``select`` with the rows unchanged), so a cache may write
-    in place only where nobody has written yet: at T == filled. A second continuation of the same
-    cache (T < filled) gets a fresh copy, and no view ever changes under anyone's feet.
+    attention_mask (B, T), 1 (or True) for real tokens -> (B,) integers: the largest t with
+    attention_mask[b, t] != 0, or 0 for a row without real tokens. For a right-padded row it is
+    its number of real tokens minus 1; for a left-padded row it is T - 1.
     """
-
-    __slots__ = ("keys", "values", "filled")
-
-    def __init__(self, shape: tuple[int, int, int, int], dtype: np.dtype):
-        self.keys = np.empty(shape, dtype)  # (B, H, capacity, hd), written as positions arrive
-        self.values = np.empty(shape, dtype)
-        self.filled = 0
-
-    @property
-    def capacity(self) -> int:
-        return self.keys.shape[2]
-
-    @classmethod
-    def holding(cls, k: np.ndarray, v: np.ndarray, capacity: int) -> KVBuffer:
-        """A new buffer of at least ``capacity`` positions holding k and v (B, H, T, hd)."""
-        B, H, T, hd = k.shape
-        buffer = cls((B, H, max(capacity, T), hd), k.dtype)
-        buffer.write(0, k, v)
-        return buffer
-
-    def write(self, start: int, k: np.ndarray, v: np.ndarray) -> None:
-        """Store k and v (B, H, T, hd) at positions [start, start + T)."""
-        end = start + k.shape[2]
-        self.keys[:, :, start:end] = k
-        self.values[:, :, start:end] = v
-        self.filled = end
-
-    def arrays(self, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """The first ``length`` positions as arrays (B, H, length, hd): views, no copy."""
-        return self.keys[:, :, :length], self.values[:, :, :length]
-
-    def views(self, length: int) -> KVPair:
-        """The first ``length`` positions as tensors (B, H, length, hd): views, no copy."""
-        return Tensor._wrap(self.keys[:, :, :length]), Tensor._wrap(self.values[:, :, :length])
-
-
-@dataclass
-class KVCache:
-    """Keys and values of every layer for the positions processed so far (generation).
-
-    keys[i], values[i]  (B, H, T_past, head_dim) for layer i
-    key_mask            (B, T_past) bool, False for padding positions that must never be attended
-    next_position       (B,) the position id the next token of each row gets
-
-    The model fills ``buffers`` (one ``KVBuffer`` per layer, capacity ``context_length``): then
-    keys[i] and values[i] are views of them, and a decoding step writes its one new key and value
-    per layer in place instead of copying all T_past of them (``extend``). A cache built by hand
-    from ``keys`` and ``values`` alone works too; its first extension copies it into a buffer.
-    """
-
-    keys: list[Tensor] = field(default_factory=list)
-    values: list[Tensor] = field(default_factory=list)
-    key_mask: np.ndarray | None = None
-    next_position: np.ndarray | None = None
-    buffers: list[KVBuffer | None] = field(default_factory=list, repr=False, compare=False)
-
-    @property
-    def length(self) -> int:
-        return 0 if not self.keys else self.keys[0].shape[2]
-
-    def buffer(self, layer: int) -> KVBuffer | None:
-        """Layer ``layer``'s buffer if keys[layer] and values[layer] are still views of it, else None."""
-        buffer = self.buffers[layer] if layer < len(self.buffers) else None
-        if buffer is None:
-            return None
-        k, v = self.keys[layer].data, self.values[layer].data
-        if k.base is not buffer.keys or v.base is not buffer.values:  # replaced by the caller
-            return None
-        return buffer
-
-    def extend(
-        self, layer: int, k: Tensor, v: Tensor, capacity: int = 0
-    ) -> tuple[Tensor, Tensor, KVBuffer | None]:
-        """[cached keys; k] and [cached values; v] of one layer, (B, H, T_past + T, hd), and their buffer.
-
-        k, v (B, H, T, hd) are the new positions. When a gradient must flow through them this is
-        a differentiable concat (no buffer). Otherwise they are written into the layer's buffer
-        (in place if this cache owns its end and there is room, else into a new one of at least
-        ``capacity`` positions, doubled when full) and the result is a view of it.
-        """
-        past_k, past_v = self.keys[layer], self.values[layer]
-        if is_grad_enabled() and any(t.requires_grad for t in (k, v, past_k, past_v)):
-            return ops.concat([past_k, k], axis=2), ops.concat([past_v, v], axis=2), None
-        buffer = self.write(layer, k.data, v.data, capacity)
-        return *buffer.views(past_k.shape[2] + k.shape[2]), buffer
-
-    def write(self, layer: int, k: np.ndarray, v: np.ndarray, capacity: int = 0) -> KVBuffer:
-        """Store arrays k, v (B, H, T, hd) after layer ``layer``'s T_past cached positions; returns the
-        buffer whose first T_past + T positions are now [cached; new] (``extend`` without tensors)."""
-        past_k, past_v = self.keys[layer].data, self.values[layer].data  # (B, H, T_past, hd)
-        T_past, T = past_k.shape[2], k.shape[2]
-        buffer = self.buffer(layer)
-        if buffer is None or buffer.filled != T_past or T_past + T > buffer.capacity:
-            room = max(capacity, 2 * (T_past + T) if buffer is not None else T_past + T)
-            buffer = KVBuffer.holding(past_k, past_v, room)
-        buffer.write(T_past, k, v)
-        return buffer
-
-    def select(self, rows: np.ndarray) -> KVCache:
-        """The cache of some rows (in the given order): beam search reorders its hypotheses with it.
-
-        Keeping every row in order shares the buffers (greedy decoding does that at every step);
-        any other selection copies the cached positions into new buffers of the same capacity.
-        """
-        rows = np.asarray(rows)
-        B = self.key_mask.shape[0]
-        if rows.shape == (B,) and np.array_equal(rows, np.arange(B)):
-            return KVCache(
-                list(self.keys), list(self.values), self.key_mask, self.next_position, list(self.buffers)
-            )
-        keys, values, buffers = [], [], []
-        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
-            old = self.buffer(layer)
-            buffer = KVBuffer.holding(k.data[rows], v.data[rows], old.capacity if old is not None else 0)
-            k, v = buffer.views(k.shape[2])
-            keys.append(k)
-            values.append(v)
-            buffers.append(buffer)
-        return KVCache(keys, values, self.key_mask[rows], self.next_position[rows], buffers)
-
-
-@dataclass
-class LayerCache:
-    """One layer's view of a KVCache, handed to the attention: ``extend`` appends the new keys and
-    values and remembers the buffer the result lives in (the next cache keeps it)."""
-
-    cache: KVCache
-    layer: int
-    capacity: int  # positions to preallocate when a new buffer is needed (the context length)
-    buffer: KVBuffer | None = None
-
-    def extend(self, k: Tensor, v: Tensor) -> KVPair:
-        """k, v (B, H, T, hd) -> [cached; new] keys and values, each (B, H, T_past + T, hd)."""
-        k, v, self.buffer = self.cache.extend(self.layer, k, v, self.capacity)
-        return k, v
+    real = np.asarray(attention_mask).astype(bool)  # (B, T)
+    T = real.shape[1]
+    last = T - 1 - np.argmax(real[:, ::-1], axis=1)  # (B,), the first real token counted from the end
+    return np.where(real.any(axis=1), last, 0)  # (B,)
 
 
 @dataclass
@@ -316,18 +185,6 @@ class GPT(Module):
         self.cls_head.bias.data[...] = 0.0
         return self.cls_head
 
-    # -- checks on the inputs
-    def _check_ids(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
-        if ids.ndim != 2:
-            raise ValueError(f"GPT: token ids must have shape (batch, time), got {ids.shape}")
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"GPT: token ids must be integers, got dtype {ids.dtype}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            bad = ids.max() if ids.max() >= self.config.vocab_size else ids.min()
-            raise IndexError(f"GPT: token id {bad} is out of range for vocab_size {self.config.vocab_size}")
-        return ids
-
     def forward(
         self,
         ids: np.ndarray,
@@ -344,79 +201,96 @@ class GPT(Module):
         attention_mask (B, T): 1 for real tokens, 0 for padding (left or right).
         position_ids (B, T): explicit positions; by default each row counts its real tokens,
         starting after any prompt, prefix or cached positions.
-
-        A cached continuation without gradients in eval mode (a decoding step) is computed by
-        ``decode.decode_step`` on the arrays, without autograd; same results, a fraction of the
-        Python overhead (``decode.use_fast_decode(False)`` turns it off).
         """
-        if cache is not None and prompt_embeds is None and kv_prefix is None and kv_prefix_start is None:
-            from .decode import decode_step  # here: decode.py imports this module
-
-            out = decode_step(self, ids, attention_mask, position_ids, cache, use_cache)
-            if out is not None:  # None: a case it leaves to the general path below
-                return out
-        ids = self._check_ids(ids)
-        B, T = ids.shape
-        cfg = self.config
-        token_mask = (
-            np.ones((B, T), bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
-        )
-        if token_mask.shape != (B, T):
-            raise ValueError(f"GPT: attention_mask has shape {token_mask.shape}, ids have {ids.shape}")
-
-        # The blocks see [prompt (P_in)] + tokens; the keys are [kv prefix (P_kv)] + [cache] + that sequence.
+        ids, token_mask = self._check_inputs(ids, attention_mask, kv_prefix, cache)  # (B, T) each
+        # The blocks see [prompt (P_in); tokens]; the keys are [kv prefix (P_kv); cache; that sequence].
         P_in = 0 if prompt_embeds is None else prompt_embeds.shape[1]
         P_kv = 0 if kv_prefix is None else kv_prefix[0][0].shape[2]
-        T_past = 0 if cache is None else cache.length
-        if kv_prefix is not None and len(kv_prefix) != cfg.n_layers:
-            raise ValueError(f"GPT: kv_prefix has {len(kv_prefix)} layers, the model has {cfg.n_layers}")
-        if cache is not None and kv_prefix is not None:
-            raise ValueError("GPT: a kv prefix is injected once, at prefill; it is already in the cache")
-
-        seq_mask = np.concatenate([np.ones((B, P_in), bool), token_mask], axis=1)  # (B, S) with S = P_in + T
-        if position_ids is None:
-            start = cache.next_position[:, None] if cache is not None else P_kv  # (B, 1) or int
-            position_ids = start + np.maximum(np.cumsum(seq_mask, axis=1) - 1, 0)  # (B, S)
-        else:
-            position_ids = np.asarray(position_ids)
-            if P_in:
-                position_ids = np.concatenate(
-                    [np.broadcast_to(np.arange(P_in), (B, P_in)), position_ids + P_in], 1
-                )
-        if position_ids.size and position_ids.max() >= cfg.context_length:
-            raise ValueError(
-                f"GPT: sequence too long: {T} tokens + {P_in} prompt + {P_kv} prefix + {T_past} cached "
-                f"positions need position {int(position_ids.max())}, context_length is {cfg.context_length}"
-            )
-
-        x = self.wte(ids)  # (B, T, d)
-        if prompt_embeds is not None:
-            x = ops.concat([prompt_embeds.broadcast_to((B, P_in, cfg.d_model)), x], axis=1)  # (B, S, d)
-        x = self.drop(x + self.wpe(position_ids))  # (B, S, d)
-
+        seq_mask = np.concatenate([np.ones((len(ids), P_in), bool), token_mask], axis=1)  # (B, S = P_in + T)
+        positions = self._position_ids(seq_mask, position_ids, P_in, P_kv, cache)  # (B, S)
+        # A cached continuation that injects nothing may take the fast path of decode.py, on the arrays.
+        injects = prompt_embeds is not None or kv_prefix is not None or kv_prefix_start is not None
+        if cache is not None and not injects and decode.can_decode_fast(self, token_mask, positions, cache):
+            return decode.fast_decode_step(self, ids, token_mask, positions, cache, use_cache)
+        x = self._embed(ids, prompt_embeds, positions)  # (B, S, d)
         mask = self._attention_mask(seq_mask, P_kv, kv_prefix_start, cache)  # (B, 1, S, Tk)
-        new_cache = KVCache() if use_cache else None
-        for i, block in enumerate(self.blocks):
-            past = LayerCache(cache, i, cfg.context_length) if cache is not None else None
-            x, (k, v) = block(x, mask, None if kv_prefix is None else kv_prefix[i], past)  # (B, S, d)
-            if new_cache is not None:
-                new_cache.keys.append(k.detach())
-                new_cache.values.append(v.detach())
-                new_cache.buffers.append(None if past is None else past.buffer)
+        x, layer_kv = self._run_blocks(x, mask, kv_prefix, cache)  # (B, S, d)
         h = self.ln_f(x)  # (B, S, d)
         if P_in:
             h = h[:, P_in:]  # (B, T, d): only token positions carry predictions
         logits = F.linear(h, self.wte.weight)  # (B, T, V), tied head
+        new_cache = self._new_cache(layer_kv, cache, seq_mask, positions, P_kv) if use_cache else None
+        return GPTOutput(logits=logits, hidden=h, cache=new_cache, cls_logits=self._classify(h, token_mask))
 
-        if new_cache is not None:
-            past_mask = cache.key_mask if cache is not None else np.ones((B, P_kv), bool)
-            new_cache.key_mask = np.concatenate([past_mask, seq_mask], axis=1)
-            new_cache.next_position = position_ids[:, -1] + 1
-        cls_logits = None
-        if self.cls_head is not None:
-            last = np.where(token_mask.any(1), T - 1 - np.argmax(token_mask[:, ::-1], axis=1), 0)  # (B,)
-            cls_logits = self.cls_head(h[np.arange(B), last])  # (B, num_labels)
-        return GPTOutput(logits=logits, hidden=h, cache=new_cache, cls_logits=cls_logits)
+    # -- the steps of forward
+    def _check_ids(self, ids: np.ndarray) -> np.ndarray:
+        """ids (B, T) as an integer array with every id in [0, vocab_size), else an error saying why."""
+        ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
+        if ids.ndim != 2:
+            raise ValueError(f"GPT: token ids must have shape (batch, time), got {ids.shape}")
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"GPT: token ids must be integers, got dtype {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            bad = ids.max() if ids.max() >= self.config.vocab_size else ids.min()
+            raise IndexError(f"GPT: token id {bad} is out of range for vocab_size {self.config.vocab_size}")
+        return ids
+
+    def _check_inputs(
+        self, ids: np.ndarray, attention_mask: np.ndarray | None, kv_prefix: list[KVPair] | None,
+        cache: KVCache | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(ids (B, T) integers, token_mask (B, T) bool), after checking them and the kv prefix."""
+        ids = self._check_ids(ids)  # (B, T)
+        if attention_mask is None:
+            token_mask = np.ones(ids.shape, bool)  # (B, T)
+        else:
+            token_mask = np.asarray(attention_mask).astype(bool)  # (B, T)
+        if token_mask.shape != ids.shape:
+            raise ValueError(f"GPT: attention_mask has shape {token_mask.shape}, ids have {ids.shape}")
+        n_layers = self.config.n_layers
+        if kv_prefix is not None and len(kv_prefix) != n_layers:
+            raise ValueError(f"GPT: kv_prefix has {len(kv_prefix)} layers, the model has {n_layers}")
+        if cache is not None and kv_prefix is not None:
+            raise ValueError("GPT: a kv prefix is injected once, at prefill; it is already in the cache")
+        return ids, token_mask
+
+    def _position_ids(
+        self, seq_mask: np.ndarray, position_ids: np.ndarray | None, P_in: int, P_kv: int,
+        cache: KVCache | None,
+    ) -> np.ndarray:
+        """Position ids (B, S) of [prompt; tokens], seq_mask (B, S) marking the real ones.
+
+        By default each row counts its real positions, prompt included: position = start +
+        (number of real positions up to and including it) - 1, and padding before the first one
+        gets start; start is ``cache.next_position`` (B,) after a cache, else P_kv (a kv prefix
+        takes positions 0..P_kv-1). Explicit position_ids (B, T) of the tokens are shifted by P_in,
+        after the prompt's 0..P_in-1. Raises the "sequence too long" error beyond the context length.
+        """
+        B, S = seq_mask.shape
+        if position_ids is None:
+            start = cache.next_position[:, None] if cache is not None else P_kv  # (B, 1) or int
+            positions = start + np.maximum(np.cumsum(seq_mask, axis=1) - 1, 0)  # (B, S)
+        else:
+            positions = np.asarray(position_ids)  # (B, T)
+            if P_in:
+                prompt_positions = np.broadcast_to(np.arange(P_in), (B, P_in))  # (B, P_in)
+                positions = np.concatenate([prompt_positions, positions + P_in], 1)  # (B, S)
+        if positions.size and positions.max() >= self.config.context_length:
+            T_past = 0 if cache is None else cache.length
+            raise ValueError(
+                f"GPT: sequence too long: {S - P_in} tokens + {P_in} prompt + {P_kv} prefix + {T_past} "
+                f"cached positions need position {int(positions.max())}, "
+                f"context_length is {self.config.context_length}"
+            )
+        return positions
+
+    def _embed(self, ids: np.ndarray, prompt_embeds: Tensor | None, positions: np.ndarray) -> Tensor:
+        """x = dropout([prompt_embeds; wte[ids]] + wpe[positions]):  ids (B, T) -> x (B, S, d)."""
+        x = self.wte(ids)  # (B, T, d)
+        if prompt_embeds is not None:
+            prompt = prompt_embeds.broadcast_to((len(ids), prompt_embeds.shape[1], self.config.d_model))
+            x = ops.concat([prompt, x], axis=1)  # (B, S, d), prompt (B, P_in, d) in front
+        return self.drop(x + self.wpe(positions))  # (B, S, d)
 
     @staticmethod
     def _attention_mask(
@@ -443,6 +317,43 @@ class GPT(Module):
             parts.append(np.broadcast_to(cache.key_mask[:, None, :], (B, S, T_past)))
         parts.append(current)
         return np.concatenate(parts, axis=2)[:, None]  # (B, 1, S, Tk)
+
+    def _run_blocks(
+        self, x: Tensor, mask: np.ndarray, kv_prefix: list[KVPair] | None, cache: KVCache | None
+    ) -> tuple[Tensor, list[tuple[Tensor, Tensor, KVBuffer | None]]]:
+        """x (B, S, d) through every block -> (x (B, S, d), per layer its keys and values
+        (B, H, Tk, hd) and the cache buffer they live in, None if none)."""
+        layer_kv = []
+        for i, block in enumerate(self.blocks):
+            past = LayerCache(cache, i, self.config.context_length) if cache is not None else None
+            x, (k, v) = block(x, mask, None if kv_prefix is None else kv_prefix[i], past)  # (B, S, d)
+            layer_kv.append((k, v, None if past is None else past.buffer))
+        return x, layer_kv
+
+    @staticmethod
+    def _new_cache(
+        layer_kv: list[tuple[Tensor, Tensor, KVBuffer | None]], cache: KVCache | None,
+        seq_mask: np.ndarray, positions: np.ndarray, P_kv: int,
+    ) -> KVCache:
+        """The cache after this call: every layer's keys and values (B, H, Tk, hd), the mask of the
+        real keys (B, Tk) = [prefix or cached; seq_mask] and each row's next position (B,)."""
+        B = seq_mask.shape[0]
+        past_mask = cache.key_mask if cache is not None else np.ones((B, P_kv), bool)  # (B, T_past or P_kv)
+        return KVCache(
+            keys=[k.detach() for k, _, _ in layer_kv],  # (B, H, Tk, hd) each
+            values=[v.detach() for _, v, _ in layer_kv],  # (B, H, Tk, hd) each
+            key_mask=np.concatenate([past_mask, seq_mask], axis=1),  # (B, Tk)
+            next_position=positions[:, -1] + 1,  # (B,)
+            buffers=[buffer for _, _, buffer in layer_kv],
+        )
+
+    def _classify(self, h: Tensor, token_mask: np.ndarray) -> Tensor | None:
+        """The classification head at each row's last real token: h (B, T, d) -> (B, num_labels),
+        None without a head."""
+        if self.cls_head is None:
+            return None
+        last = last_real_index(token_mask)  # (B,)
+        return self.cls_head(h[np.arange(len(last)), last])  # (B, num_labels)
 
     # -- conveniences
     def lm_loss(self, logits: Tensor, labels: np.ndarray) -> Tensor:

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..engine import Tensor, default_dtype, no_grad, ops
 from ..engine.rng import get_rng
-from ..model import GPT, GPTOutput
+from ..model import GPT, GPTOutput, last_real_index
 from ..nn import Module, Parameter
 from .config import PromptTuningConfig, resolve_token_ids
 from .model import PeftModel
@@ -140,14 +140,6 @@ class PromptTuningModel(PeftModel):
 # ----------------------------------------------------------------------------- ensembling
 
 
-def last_real_index(attention_mask: np.ndarray | None, B: int, T: int) -> np.ndarray:
-    """Index of each row's last real token (B,), with left or right padding."""
-    if attention_mask is None:
-        return np.full(B, T - 1)
-    mask = np.asarray(attention_mask).astype(bool)
-    return T - 1 - np.argmax(mask[:, ::-1], axis=1)
-
-
 def majority_vote(predictions: np.ndarray) -> np.ndarray:
     """(N, B) class ids -> (B,) the most frequent per column; a tie goes to the smallest class id."""
     num_classes = int(predictions.max()) + 1
@@ -203,7 +195,8 @@ class PromptEnsemble:
         with no_grad():
             out = self.forward(ids, attention_mask)
         if label_token_ids is not None:
-            last = np.tile(last_real_index(attention_mask, B, T), len(self))  # (N B,)
+            real = np.ones((B, T)) if attention_mask is None else attention_mask  # (B, T)
+            last = np.tile(last_real_index(real), len(self))  # (N B,)
             scores = out.logits.data[np.arange(len(last)), last][:, list(label_token_ids)]  # (N B, C)
         elif out.cls_logits is not None:
             scores = out.cls_logits.data  # (N B, C)
