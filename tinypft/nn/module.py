@@ -8,12 +8,16 @@ A ``Module`` owns named parameters and named sub-modules. Assigning an attribute
 
 so the full name of every parameter is the dotted path to it, ``blocks.0.attn.q_proj.bias``.
 Those names key ``state_dict()`` and ``load_state_dict()`` and let fine-tuning methods select
-parameters (BitFit trains exactly the ones ending in ``.bias``).
+parameters (BitFit trains exactly the ones ending in ``.bias``). A registered name is kept in the
+registry (for traversal) and as an ordinary attribute (so ``block.attn.q_proj.weight`` is a plain
+attribute read); assignment and ``del`` keep the two in step, and ``substituted`` swaps a parameter
+for a computed tensor for the length of a ``with`` block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -69,20 +73,13 @@ class Module:
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
-        # Called only when normal lookup fails: parameters and sub-modules live in the registries.
-        registries = (self.__dict__.get("_parameters", {}), self.__dict__.get("_modules", {}))
-        for registry in registries:
-            if name in registry:
-                return registry[name]
+        # Reached only when normal lookup fails: every registered name is also an ordinary attribute.
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __delattr__(self, name: str) -> None:
-        if name in self._parameters:
-            del self._parameters[name]
-        elif name in self._modules:
-            del self._modules[name]
-        else:
-            object.__delattr__(self, name)
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        object.__delattr__(self, name)
 
     def register_parameter(self, name: str, param: Parameter) -> None:
         """Register ``param`` under ``name`` (re-assigning a name keeps its position in the order)."""
@@ -90,8 +87,21 @@ class Module:
             raise TypeError(f"register_parameter: {name!r} must be a Parameter, got {type(param).__name__}")
         _check_name(name)
         self._modules.pop(name, None)
-        self.__dict__.pop(name, None)
         self._parameters[name] = param
+        self.__dict__[name] = param  # also an ordinary attribute: reading it costs what any attribute costs
+
+    @contextmanager
+    def substituted(self, name: str, tensor: Tensor) -> Iterator[None]:
+        """Within the block, parameter ``name`` reads as ``tensor`` (e.g. a computed W + delta, a graph
+        node through which gradients flow); the Parameter is put back after, even on an exception."""
+        if name not in self._parameters:
+            raise KeyError(f"{type(self).__name__} has no parameter {name!r}")
+        param = self._parameters[name]
+        self._parameters[name] = self.__dict__[name] = tensor
+        try:
+            yield
+        finally:
+            self._parameters[name] = self.__dict__[name] = param
 
     def add_module(self, name: str, module: Module) -> None:
         """Register ``module`` as a child named ``name`` (what attribute assignment does)."""
@@ -99,8 +109,8 @@ class Module:
             raise TypeError(f"add_module: {name!r} must be a Module, got {type(module).__name__}")
         _check_name(name)
         self._parameters.pop(name, None)
-        self.__dict__.pop(name, None)
         self._modules[name] = module
+        self.__dict__[name] = module  # also an ordinary attribute, as for parameters
 
     # ------------------------------------------------------------------ forward
     def forward(self, *args: Any, **kwargs: Any) -> Any:

@@ -22,7 +22,7 @@ adapter file stores only the deltas.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 
@@ -125,18 +125,13 @@ class RandomSubsetModel(PeftModel):
         scatter(delta) (a graph node, so gradients reach the deltas); the base model's own
         parameters are put back after."""
         modules = dict(self.base_model.named_modules())
-        swapped = []
-        try:
+        with ExitStack() as stack:
             for name, index in self.indices.items():
                 module = modules[name.rsplit(".", 1)[0]]
-                weight = module._parameters["weight"]
                 delta = getattr(self.deltas, name.replace(".", "_"))
-                module._parameters["weight"] = AddAt.apply(weight, delta, index=index)
-                swapped.append((module, weight))
+                effective = AddAt.apply(module.weight, delta, index=index)  # (out, in), W + scatter(delta)
+                stack.enter_context(module.substituted("weight", effective))
             yield
-        finally:
-            for module, weight in swapped:
-                module._parameters["weight"] = weight
 
     def effective_weight(self, name: str) -> np.ndarray:
         """W_eff (out, in) of the weight called ``name`` (the base weight itself if none of it trains)."""
