@@ -126,7 +126,7 @@ class Tokenizer:
                 for old in zip(word, word[1:]):
                     pair_counts[old] -= count
                     changed.add(old)
-                word = _merge(word, pair, new_id)
+                word = merge_pair(word, pair, new_id)
                 words[index] = word
                 for new in zip(word, word[1:]):
                     pair_counts[new] += count
@@ -155,7 +155,7 @@ class Tokenizer:
             rank, pair = min(ranked)
             if rank == 1 << 30:
                 break
-            ids = _merge(ids, pair, rank)
+            ids = merge_pair(ids, pair, rank)
         result = tuple(ids)
         if len(self._cache) < 200_000:
             self._cache[word] = result
@@ -306,7 +306,7 @@ def _is_special_id(token_id: int) -> bool:
     return N_BYTES <= token_id < FIRST_MERGE_ID
 
 
-def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """Replace every non-overlapping occurrence of ``pair`` in ``ids`` (left to right)."""
     out, i, n = [], 0, len(ids)
     a, b = pair

@@ -90,7 +90,7 @@ def check_count_pairs(fn: Callable[[dict[tuple[int, ...], int]], dict[tuple[int,
 def check_merge_pair(fn: Callable[[list[int], tuple[int, int], int], list[int]]) -> None:
     """``fn(ids, pair, new_id)`` must return a new list in which every occurrence of ``pair`` is replaced
     by ``new_id``, scanning left to right without overlaps (as ``Tokenizer`` encodes)."""
-    from ..data.tokenizer import _merge
+    from ..data.tokenizer import merge_pair
 
     check = "check_merge_pair"
     cases = [
@@ -120,7 +120,7 @@ def check_merge_pair(fn: Callable[[list[int], tuple[int, int], int], list[int]])
             got_list = [int(i) for i in got]
         except (TypeError, ValueError):
             fail(check, f"{where}: returned {got!r:.80}, expected a list of ints")
-        expected = _merge(ids, pair, new_id)
+        expected = merge_pair(ids, pair, new_id)
         if got_list == expected:
             continue
         hint = (

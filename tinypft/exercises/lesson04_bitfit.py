@@ -216,7 +216,7 @@ def _change_variants(
     before: dict[str, np.ndarray], after: dict[str, np.ndarray]
 ) -> list[tuple[dict[tuple[str, int], float], str]]:
     """What common mistakes give, each with its hint."""
-    from ..peft.analysis import _BIAS_PATTERN, _COMPONENT
+    from ..peft.analysis import BIAS_PATTERN, COMPONENT_OF
 
     measures: list[tuple[Callable[[np.ndarray, np.ndarray], float], str]] = [
         (lambda b0, b1: float(np.abs(b0 - b1).sum()),
@@ -238,11 +238,11 @@ def _change_variants(
     for measure, hint in measures:
         values = {}
         for name, b0 in before.items():
-            match = _BIAS_PATTERN.search(name)
+            match = BIAS_PATTERN.search(name)
             if match is None or name not in after:
                 continue
             b0_64, b1_64 = np.asarray(b0, np.float64), np.asarray(after[name], np.float64)
-            values[(_COMPONENT[match.group(2)], int(match.group(1)))] = measure(b0_64, b1_64)
+            values[(COMPONENT_OF[match.group(2)], int(match.group(1)))] = measure(b0_64, b1_64)
         variants.append((values, hint))
     return variants
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 # parameter name (with any prefix, e.g. "base_model.") -> component; the layer is the first group
-_BIAS_PATTERN = re.compile(
+BIAS_PATTERN = re.compile(
     r"(?:^|\.)blocks\.(\d+)\.(attn\.[qkvo]_proj|mlp\.fc_in|mlp\.fc_out|ln_1|ln_2)\.bias$"
 )
-_COMPONENT = {
+COMPONENT_OF = {
     "attn.q_proj": "q",
     "attn.k_proj": "k",
     "attn.v_proj": "v",
@@ -49,12 +49,12 @@ def bias_change(
     """
     changes: dict[tuple[str, int], float] = {}
     for name, before in initial_state.items():
-        match = _BIAS_PATTERN.search(name)
+        match = BIAS_PATTERN.search(name)
         if match is None or name not in final_state:
             continue
         b0 = np.asarray(before, dtype=np.float64)  # (dim,)
         b_final = np.asarray(final_state[name], dtype=np.float64)  # (dim,)
-        changes[(_COMPONENT[match.group(2)], int(match.group(1)))] = float(
+        changes[(COMPONENT_OF[match.group(2)], int(match.group(1)))] = float(
             np.abs(b0 - b_final).sum() / b0.size
         )
     if not changes:

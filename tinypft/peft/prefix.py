@@ -46,11 +46,10 @@ import numpy as np
 from ..engine import Tensor, default_dtype, no_grad
 from ..engine.rng import get_rng
 from ..model import GPT
+from ..model.cache import KVPair
 from ..nn import Embedding, Linear, Module, Parameter, Sequential, Tanh
 from .config import PrefixTuningConfig, resolve_token_ids
 from .model import PeftModel
-
-KVPair = tuple[Tensor, Tensor]
 
 
 class PrefixEncoder(Module):
