@@ -57,6 +57,12 @@ def a_broken_manifest(tmp: Path) -> None:
     (tmp / "ckpt" / "manifest.json").write_text('{"format": "tinypft-pretrained", ')
 
 
+def an_incomplete_manifest(tmp: Path) -> None:
+    (tmp / "ckpt").mkdir()
+    (tmp / "ckpt" / "manifest.json").write_text('{"format": "tinypft-pretrained"}')
+    (tmp / "ckpt" / "model.safetensors").write_bytes((SHIPPED / "model.safetensors").read_bytes())
+
+
 def a_latin1_csv(tmp: Path) -> None:
     (tmp / "e2e").mkdir()
     text = 'mr,ref\n"name[Caf\u00e9 Latin], eatType[pub]",Caf\u00e9 Latin is a pub.\n'
@@ -143,6 +149,8 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], tuple[str, ...]]] = [
     # --- finetune: damaged files
     ("file", a_broken_manifest, FINETUNE + ["--checkpoint", "{tmp}/ckpt"],
      ("ckpt/manifest.json", "not valid JSON")),
+    ("file", an_incomplete_manifest, FINETUNE + ["--checkpoint", "{tmp}/ckpt"],
+     ("ckpt/manifest.json", "not a checkpoint manifest", "weights_sha256")),
     ("file", a_broken_latest, FINETUNE + RESUME, ("state/latest.json", "not valid JSON")),
     ("file", a_latest_without_a_checkpoint, FINETUNE + RESUME, ("latest.json", "step-00000003", "lacks")),
     # --- pretrain

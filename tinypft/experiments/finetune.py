@@ -326,7 +326,11 @@ def prepare(
 ) -> Run:
     """Load the checkpoint and the data, and wrap the model with the method (seeded)."""
     tokenizer = tokenizer or load_tokenizer()
-    base, manifest = load_pretrained(settings.size, directory=settings.checkpoint, tokenizer=tokenizer)
+    try:
+        base, manifest = load_pretrained(settings.size, directory=settings.checkpoint, tokenizer=tokenizer)
+    except (KeyError, TypeError) as err:  # valid JSON without the fields a manifest has
+        manifest_path = Path(settings.checkpoint or checkpoint_dir(settings.size)) / "manifest.json"
+        raise ValueError(f"{manifest_path} is not a checkpoint manifest (no {err})") from None
     spec = method_defaults(settings.method)
     virtual = 0
     if settings.method in ("prefix", "prompt"):
