@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cli import nonnegative_int, positive_int
 from ..engine.allocator import malloc_tuned, tune_malloc
 from ..threads import get_num_threads, set_num_threads
 from .report import format_report, targets
@@ -172,10 +173,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--torch", action="store_true", help="also time the same model in PyTorch (if installed)"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS (and PyTorch) threads (default 1)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per method (median)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
-    parser.add_argument("--new-tokens", type=int, default=100, help="tokens to generate")
+    parser.add_argument("--threads", type=positive_int, default=1, help="BLAS (and PyTorch) threads")
+    parser.add_argument("--steps", type=positive_int, default=10, help="timed steps per method (median)")
+    parser.add_argument("--warmup", type=nonnegative_int, default=3, help="untimed steps first")
+    parser.add_argument("--new-tokens", type=positive_int, default=100, help="tokens to generate")
     parser.add_argument("--quick", action="store_true", help="very few steps (tests, CI)")
     parser.add_argument("--profile", action="store_true", help="cProfile one full step (by own time)")
 

@@ -2,21 +2,35 @@
 
 from __future__ import annotations
 
-import argparse
+import sys
 
+from ..cli import ArgumentParser, check_writable_dir, path_arg, positive_int
 from .build import DEFAULT_VOCAB_SIZE, build_tokenizer
 from .loaders import repo_data_dir
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tinypft.data", description=__doc__)
-    parser.add_argument("--out", default=str(repo_data_dir()), help="output folder (default: data/)")
-    parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="maximum vocabulary size")
-    parser.add_argument("--data-dir", help="folder with e2e/ (default: $TINYPFT_DATA, else data/e2e)")
+def main(argv: list[str] | None = None) -> int:
+    """Build the tokenizer; a bad option or input is one line on stderr and exit status 2."""
+    parser = ArgumentParser(prog="python -m tinypft.data", description=__doc__)
+    parser.add_argument("--out", type=path_arg, default=str(repo_data_dir()),
+                        help="output folder (default: data/)")
+    parser.add_argument("--vocab-size", type=positive_int, default=DEFAULT_VOCAB_SIZE,
+                        help="maximum vocabulary size (at least 260: the bytes and the special tokens)")
+    parser.add_argument("--data-dir", type=path_arg,
+                        help="folder with e2e/ (default: $TINYPFT_DATA, else data/e2e)")
     args = parser.parse_args(argv)
-    path = build_tokenizer(args.out, vocab_size=args.vocab_size, data_dir=args.data_dir)
+    try:
+        check_writable_dir(args.out, "--out")
+        path = build_tokenizer(args.out, vocab_size=args.vocab_size, data_dir=args.data_dir)
+    except (ValueError, OSError) as err:
+        print(f"{parser.prog}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; {args.out}/tokenizer.json was not changed", file=sys.stderr)
+        return 130
     print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

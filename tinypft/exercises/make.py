@@ -30,6 +30,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..serialization import read_json
+
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 CHECKER_CALL = re.compile(r"\bexercises\.(check_\w+)\(")
@@ -114,7 +116,11 @@ def student_notebook(notebook: dict[str, Any], where: str = "notebook") -> tuple
 
 
 def read_notebook(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A notebook as parsed JSON; a file that is not JSON is a ValueError naming it."""
+    notebook = read_json(path)
+    if not isinstance(notebook, dict):
+        raise ValueError(f"{path} is not a notebook (its JSON is not an object)")
+    return notebook
 
 
 def write_notebook(notebook: dict[str, Any], path: str | Path) -> None:
@@ -150,14 +156,27 @@ def make_student_versions(src_dir: str | Path, out_dir: str | Path) -> list[Path
     return written
 
 
-def list_exercises(src_dir: str | Path) -> dict[str, list[tuple[str, list[str]]]]:
-    """For each notebook: its exercises, one per solution cell, with the checkers called after it.
+def list_exercises(src: str | Path) -> dict[str, list[tuple[str, list[str]]]]:
+    """For each notebook of the folder ``src`` (or the one notebook ``src``): its exercises, one per
+    solution cell, with the checkers called after it.
 
     An exercise is named by its regions' names, joined by " + " when a cell holds several (the
-    forward and backward of a Function).
+    forward and backward of a Function). A path that is neither a notebook nor a folder holding
+    notebooks is a FileNotFoundError or a ValueError.
     """
+    src = Path(src)
+    if src.is_file():
+        if src.suffix != ".ipynb":
+            raise ValueError(f"{src} is not a notebook (.ipynb)")
+        notebooks = [src]
+    elif src.is_dir():
+        notebooks = sorted(src.glob("*.ipynb"))
+        if not notebooks:
+            raise ValueError(f"{src} holds no notebook (.ipynb)")
+    else:
+        raise FileNotFoundError(f"{src} does not exist")
     result: dict[str, list[tuple[str, list[str]]]] = {}
-    for path in sorted(Path(src_dir).glob("*.ipynb")):
+    for path in notebooks:
         entries: list[tuple[str, list[str]]] = []
         for cell in read_notebook(path).get("cells", []):
             if cell.get("cell_type") != "code":
@@ -183,7 +202,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     make.add_argument("src", help="folder of the solution notebooks, e.g. lessons/")
     make.add_argument("out", help="folder for the student versions (created if needed)")
     show = actions.add_parser("list", help="list the exercises of each notebook and their checkers")
-    show.add_argument("src", help="folder of the solution notebooks, e.g. lessons/")
+    show.add_argument("src", help="folder of the solution notebooks (e.g. lessons/), or one notebook")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,13 @@ One run: load the checkpoint; seed; wrap the model with the method; train on tar
 the adapter to measure the bytes one task costs; evaluate on dev (and test). A seed repeats a run
 exactly. ``--sweep-lr`` trains once per learning rate, picks the best on dev, and only then looks
 at test, once.
+
+``--state-dir DIR`` keeps resumable training checkpoints (every ``--checkpoint-every`` steps and at
+the end, ``tinypft.train.checkpoints``); after an interruption the same command with ``--resume``
+continues from the last one and ends with the same weights and scores as an uninterrupted run.
+``--out DIR`` is checked before training and written at the end as a whole (a temporary folder
+renamed into place): ``result.json`` (the record without wall times), ``timing.json`` (the wall
+times: the only file that differs between two runs of the same command) and ``adapter/``.
 """
 
 from __future__ import annotations
@@ -42,6 +49,16 @@ from typing import Any
 
 import numpy as np
 
+from ..cli import (
+    check_output_dir,
+    check_state_dir,
+    nonnegative_int,
+    path_arg,
+    positive_float,
+    positive_floats,
+    positive_int,
+    touches_shipped,
+)
 from ..data import (
     E2EExample,
     Tokenizer,
@@ -57,17 +74,20 @@ from ..engine import Tensor, functional, manual_seed, no_grad
 from ..model import last_real_index
 from ..model.pretrained import checkpoint_dir, load_pretrained
 from ..peft import PeftModel, get_peft_model, infix_batch_loss
+from ..serialization import atomic_directory
 from ..threads import num_threads
 from ..train import Batch, TrainConfig, TrainResult, encode_pairs, pad_batch, source_ids, train
 from ..train.metrics import evaluate_generation
-from ..train.pretrain import quick_mode
-from ..train.trainer import lm_batch_loss
+from ..train.pretrain import SIZES, quick_mode
+from ..train.trainer import latest_step, lm_batch_loss
 from . import report
 from .methods import DEFAULTS, method_defaults, peft_config
 
 TASKS: tuple[str, ...] = ("e2e", "rating", "match")
 SOURCES: tuple[str, ...] = ("mr", "table")  # how an E2E source is written (see data.linearize_table)
 QUICK_STEPS, QUICK_EVAL = 20, 20  # TINYPFT_QUICK=1: just check that everything runs
+OUT_FILES = ("result.json", "timing.json", "adapter")  # what --out holds
+WALL_TIMES = ("train_seconds", "tokens_per_sec", "seconds")  # record keys that differ run to run
 
 
 @dataclass
@@ -108,10 +128,26 @@ class FinetuneSettings:
             raise ValueError(f"train_unit must be 'mr' or 'pair', got {self.train_unit!r}")
         if self.train_unit != "mr" and self.task != "e2e":
             raise ValueError("--train-unit is an option of the e2e task")
-        if self.method != "prefix" and (self.mode != "prefix" or not self.mlp or self.prefix_hidden):
+        if self.method != "prefix" and (
+            self.mode != "prefix" or not self.mlp or self.prefix_hidden is not None
+        ):
             raise ValueError("--mode, --no-mlp and --prefix-hidden are options of the prefix method")
-        if self.method not in ("prefix", "prompt") and self.prefix_length:
+        if self.method not in ("prefix", "prompt") and self.prefix_length is not None:
             raise ValueError("--prefix-length is an option of the prefix and prompt methods")
+        for name in ("train_size", "steps", "prefix_length", "prefix_hidden", "eval_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        for name in ("epochs", "batch_size", "max_new_tokens", "eval_batch_size"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.seed < 0:
+            raise ValueError(f"--seed must be an integer >= 0, got {self.seed}")
+        if self.lr is not None and not (np.isfinite(self.lr) and self.lr >= 0):
+            raise ValueError(f"--lr must be a finite number >= 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
 
     @property
     def classification(self) -> bool:
@@ -290,15 +326,27 @@ def prepare(
 ) -> Run:
     """Load the checkpoint and the data, and wrap the model with the method (seeded)."""
     tokenizer = tokenizer or load_tokenizer()
-    base, manifest = load_pretrained(settings.size, directory=settings.checkpoint, tokenizer=tokenizer)
+    try:
+        base, manifest = load_pretrained(settings.size, directory=settings.checkpoint, tokenizer=tokenizer)
+    except (KeyError, TypeError) as err:  # valid JSON without the fields a manifest has
+        manifest_path = Path(settings.checkpoint or checkpoint_dir(settings.size)) / "manifest.json"
+        raise ValueError(f"{manifest_path} is not a checkpoint manifest (no {err})") from None
     spec = method_defaults(settings.method)
     virtual = 0
     if settings.method in ("prefix", "prompt"):
-        virtual = settings.prefix_length or spec.num_virtual_tokens
+        virtual = spec.num_virtual_tokens if settings.prefix_length is None else settings.prefix_length
+    room = base.config.context_length - virtual
+    if room < 2:
+        raise ValueError(f"--prefix-length {virtual} leaves {room} of the model's "
+                         f"{base.config.context_length} positions for the text; give a smaller one")
     if data is None:  # the P virtual tokens take P positions of the context in every mode
-        data = load_task(settings, tokenizer, max_length=base.config.context_length - virtual)
+        data = load_task(settings, tokenizer, max_length=room)
     if not data.train and settings.method != "frozen":
-        raise ValueError("finetune: no training example fits the context; shorten --prefix-length")
+        if data.dropped == 0:
+            raise ValueError(f"finetune: the {settings.task} training set is empty")
+        cause = f", {virtual} of them taken by the virtual tokens; shorten --prefix-length" if virtual else ""
+        raise ValueError(f"finetune: none of the {data.dropped} training examples fits the "
+                         f"{base.config.context_length}-token context{cause}")
 
     manual_seed(settings.seed)  # the method's initialization (and a probe's head) draws from here
     if settings.probe:
@@ -335,7 +383,9 @@ def make_train_config(settings: FinetuneSettings, n_train: int, pad_id: int) -> 
     spec = method_defaults(settings.method)
     lr = spec.classification_lr if settings.classification else spec.lr
     lr = settings.lr if settings.lr is not None else lr
-    steps = settings.steps or settings.epochs * -(-n_train // settings.batch_size)
+    steps = settings.steps
+    if steps is None:
+        steps = settings.epochs * -(-n_train // settings.batch_size)
     return TrainConfig(
         lr=lr, warmup_steps=round(settings.warmup_ratio * steps), schedule="linear", max_steps=steps,
         batch_size=settings.batch_size, grad_clip=1.0, seed=settings.seed, progress=settings.progress,
@@ -343,12 +393,27 @@ def make_train_config(settings: FinetuneSettings, n_train: int, pad_id: int) -> 
     )
 
 
-def fit(run: Run, callback: Any = None, trainer: Callable[..., TrainResult] = train) -> Run:
+def fit(
+    run: Run, callback: Any = None, trainer: Callable[..., TrainResult] = train,
+    state_dir: str | Path | None = None, checkpoint_every: int = 100, resume: bool = False,
+) -> Run:
     """Train what the method trains (nothing for the frozen LM), then bake a prefix MLP.
-    ``trainer`` takes ``train``'s arguments and does the steps (``torch_train``: in PyTorch)."""
+    ``trainer`` takes ``train``'s arguments and does the steps (``torch_train``: in PyTorch).
+
+    With ``state_dir`` the trainer saves a resumable checkpoint there every ``checkpoint_every``
+    steps and at the end; ``resume`` continues from the latest one (see ``tinypft.train.trainer``).
+    """
     if run.train_config is not None:
         loss_fn = probe_loss if run.settings.probe else infix_batch_loss if run.infix else lm_batch_loss
-        run.result = trainer(run.model, run.data.train, run.train_config, loss_fn=loss_fn, callback=callback)
+        extra: dict[str, Any] = {}
+        if state_dir is not None:
+            run.train_config = dataclasses.replace(
+                run.train_config, checkpoint_dir=str(state_dir), checkpoint_every=checkpoint_every
+            )
+            extra["resume"] = resume
+        run.result = trainer(
+            run.model, run.data.train, run.train_config, loss_fn=loss_fn, callback=callback, **extra
+        )
     if run.settings.method == "prefix":
         run.model.merge()  # inference form: what the adapter stores is what gets evaluated
     run.model.eval()
@@ -423,13 +488,16 @@ def summarize(run: Run) -> dict[str, Any]:
 def run_finetune(
     settings: FinetuneSettings, splits: Sequence[str] = ("dev", "test"), out: str | Path | None = None,
     tokenizer: Tokenizer | None = None, callback: Any = None,
+    state_dir: str | Path | None = None, checkpoint_every: int = 100, resume: bool = False,
 ) -> dict[str, Any]:
     """Prepare, train and evaluate one run; returns its record (see ``summarize``).
 
-    With ``out`` the record is written to ``out/result.json`` and the adapter to ``out/adapter/``.
-    ``callback(step, loss)`` is called after every training step.
+    With ``out`` the record and the adapter are written there (see ``save_run``).
+    ``callback(step, loss)`` is called after every training step. ``state_dir``,
+    ``checkpoint_every`` and ``resume``: resumable checkpoints (see ``fit``).
     """
-    run = fit(prepare(settings, tokenizer), callback)
+    run = fit(prepare(settings, tokenizer), callback, state_dir=state_dir,
+              checkpoint_every=checkpoint_every, resume=resume)
     for split in splits:
         evaluate(run, split)
     record = summarize(run)
@@ -469,10 +537,15 @@ def sweep_lr(
 
 
 def save_run(run: Run, record: dict[str, Any], out: str | Path) -> None:
-    """``out/result.json`` and the adapter in ``out/adapter/``."""
-    out = Path(out)
-    run.model.save_pretrained(out / "adapter")
-    report.write_json(out / "result.json", record)
+    """Write the folder ``out`` as a whole (``serialization.atomic_directory``): ``result.json``,
+    the record without its wall times, ``timing.json``, the wall times (``WALL_TIMES``) in the
+    record's layout, and the adapter in ``adapter/``. The same command and seed write the same
+    bytes into every file but ``timing.json``."""
+    rest, times = report.split_keys(record, WALL_TIMES)
+    with atomic_directory(out, OUT_FILES) as tmp:
+        run.model.save_pretrained(tmp / "adapter")
+        report.write_json(tmp / "result.json", rest)
+        report.write_json(tmp / "timing.json", times)
 
 
 def finetune_command(s: FinetuneSettings) -> str:
@@ -482,7 +555,7 @@ def finetune_command(s: FinetuneSettings) -> str:
     args += ["--source", s.source] if s.source != "table" else []
     args += ["--train-unit", s.train_unit] if s.train_unit != "mr" else []
     args += ["--max-new-tokens", str(s.max_new_tokens)] if s.task == "e2e" else []
-    args += ["--steps", str(s.steps)] if s.steps else ["--epochs", str(s.epochs)]
+    args += ["--steps", str(s.steps)] if s.steps is not None else ["--epochs", str(s.epochs)]
     optional = {
         "--lr": s.lr, "--train-size": s.train_size, "--eval-size": s.eval_size, "--checkpoint": s.checkpoint,
         "--prefix-length": s.prefix_length, "--prefix-hidden": s.prefix_hidden, "--init": s.init,
@@ -500,31 +573,38 @@ def finetune_command(s: FinetuneSettings) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=list(DEFAULTS), required=True)
     parser.add_argument("--task", choices=TASKS, default="e2e")
-    parser.add_argument("--size", default="small", help="shipped checkpoint: tiny, small or medium")
-    parser.add_argument("--checkpoint", help="checkpoint folder (default data/checkpoints/<size>)")
+    parser.add_argument("--size", choices=list(SIZES), default="small", help="shipped checkpoint")
+    parser.add_argument("--checkpoint", type=path_arg,
+                        help="checkpoint folder (default data/checkpoints/<size>)")
     parser.add_argument("--source", choices=SOURCES, default="table",
                         help="the MR as a table 'slot : value | ...' (default), or as in the data file")
-    parser.add_argument("--train-size", type=int, help="training MRs (e2e) or examples; default all")
+    parser.add_argument("--train-size", type=positive_int, help="training MRs (e2e) or examples; default all")
     parser.add_argument("--train-unit", choices=("mr", "pair"), default="mr",
                         help="e2e: --train-size counts MRs (with all their references) or pairs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, help="optimizer steps (wins over --epochs)")
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
-    parser.add_argument("--sweep-lr", help="comma-separated learning rates: pick the best on dev, then test")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--prefix-length", type=int, help="P, virtual tokens of prefix / prompt")
-    parser.add_argument("--prefix-hidden", type=int, help="k, width of the prefix MLP (default 512)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--steps", type=positive_int, help="optimizer steps (wins over --epochs)")
+    parser.add_argument("--epochs", type=positive_int, default=1)
+    parser.add_argument("--lr", type=positive_float, help="peak learning rate (default: the method's)")
+    parser.add_argument("--sweep-lr", type=positive_floats,
+                        help="comma-separated learning rates: pick the best on dev, then test")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--prefix-length", type=positive_int, help="P, virtual tokens of prefix / prompt")
+    parser.add_argument("--prefix-hidden", type=positive_int, help="k, width of the prefix MLP (default 512)")
     parser.add_argument("--no-mlp", action="store_true", help="prefix: optimize the prefix directly")
     parser.add_argument("--mode", choices=("prefix", "infix", "embedding_only"), default="prefix")
     parser.add_argument("--init", help="prefix: random | real_words; prompt: uniform | sampled_vocab | "
                         "class_labels | text | random_normal")
     parser.add_argument("--init-text", help="text for the real_words / text inits")
-    parser.add_argument("--eval-size", type=int, help="evaluate a fixed subset of dev/test (default all)")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--out", help="folder for result.json and the adapter")
+    parser.add_argument("--eval-size", type=positive_int,
+                        help="evaluate a fixed subset of dev/test (default all)")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=64)
+    parser.add_argument("--out", type=path_arg, help="folder for result.json, timing.json and the adapter")
+    parser.add_argument("--state-dir", type=path_arg, help="folder for resumable training checkpoints")
+    parser.add_argument("--checkpoint-every", type=positive_int,
+                        help="steps between checkpoints in --state-dir (default 100; and at the end)")
+    parser.add_argument("--resume", action="store_true", help="continue from the --state-dir checkpoint")
     parser.add_argument("--json", action="store_true", help="print the record as JSON only")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (see tinypft.threads)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (see tinypft.threads)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -539,30 +619,62 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
         eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
     )
     if quick_mode():
-        settings.steps = min(settings.steps or QUICK_STEPS, QUICK_STEPS)
-        settings.eval_size = min(settings.eval_size or QUICK_EVAL, QUICK_EVAL)
+        settings.steps = QUICK_STEPS if settings.steps is None else min(settings.steps, QUICK_STEPS)
+        settings.eval_size = QUICK_EVAL if settings.eval_size is None else min(settings.eval_size, QUICK_EVAL)
     return settings
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, before any work, options that do not go together and folders that cannot be written."""
+    if args.sweep_lr and args.lr is not None:
+        raise ValueError("--lr and --sweep-lr exclude each other")
+    if args.resume and args.state_dir is None:
+        raise ValueError("--resume continues from the checkpoints in --state-dir; give --state-dir DIR")
+    if args.checkpoint_every is not None and args.state_dir is None:
+        raise ValueError("--checkpoint-every saves into --state-dir; give --state-dir DIR")
+    if args.sweep_lr and args.state_dir is not None:
+        raise ValueError("--state-dir keeps the checkpoints of one run, not of a --sweep-lr")
+    if args.out is not None:
+        if touches_shipped(args.out):
+            raise ValueError(f"--out {args.out} lies in the shipped checkpoints' folder; give another folder")
+        check_output_dir(args.out, "--out", OUT_FILES)
+    if args.state_dir is not None:
+        if args.out is not None and Path(args.out).resolve() in Path(args.state_dir).resolve().parents:
+            raise ValueError("--state-dir must lie outside --out (the --out folder is replaced as a whole)")
+        check_state_dir(args.state_dir, "--state-dir", args.resume)
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = settings_from_args(args)
-        with num_threads(args.threads):
-            if args.sweep_lr:
-                lrs = [float(x) for x in args.sweep_lr.split(",") if x.strip()]
-                record = sweep_lr(settings, lrs, out=args.out)
-            else:
-                record = run_finetune(settings, out=args.out)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"tinypft finetune: {err}", file=sys.stderr)
-        return 2
+    settings = settings_from_args(args)
+    check_args(args)
+    with num_threads(args.threads):
+        if args.sweep_lr:
+            record = sweep_lr(settings, args.sweep_lr, out=args.out)
+        else:
+            if args.resume and latest_step(args.state_dir) is None:
+                print(f"no checkpoint in {args.state_dir} yet; training from the first step", file=sys.stderr)
+            record = run_finetune(
+                settings, out=args.out, state_dir=args.state_dir, resume=args.resume,
+                checkpoint_every=100 if args.checkpoint_every is None else args.checkpoint_every,
+            )
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
     print_record(record)
     if args.out:
-        print(f"wrote {Path(args.out) / 'result.json'} and the adapter in {Path(args.out) / 'adapter'}")
+        out = Path(args.out)
+        print(f"wrote {out / 'result.json'}, {out / 'timing.json'} and the adapter in {out / 'adapter'}")
     return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted ``tinypft finetune`` kept (for the one line ``tinypft.cli`` prints)."""
+    if getattr(args, "state_dir", None) is None:
+        return "nothing was kept (--state-dir DIR keeps resumable checkpoints)"
+    step = latest_step(args.state_dir)
+    if step is None:
+        return f"no checkpoint was written yet in {args.state_dir}"
+    return f"the checkpoint of step {step} is kept in {args.state_dir}; rerun the same command with --resume"
 
 
 def print_record(record: dict[str, Any]) -> None:

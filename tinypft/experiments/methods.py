@@ -105,12 +105,14 @@ def peft_config(
         return RandomSubsetConfig(seed=seed)
     if method not in ("prefix", "prompt"):  # full, frozen, bitfit: their configs' defaults
         return config_class(method)()
-    length = num_virtual_tokens or spec.num_virtual_tokens
+    length = spec.num_virtual_tokens if num_virtual_tokens is None else num_virtual_tokens
     if method == "prefix":
         return PrefixTuningConfig(
             num_virtual_tokens=length,
             prefix_projection=prefix_projection,
-            encoder_hidden_size=encoder_hidden_size or spec.encoder_hidden_size,
+            encoder_hidden_size=(
+                spec.encoder_hidden_size if encoder_hidden_size is None else encoder_hidden_size
+            ),
             init=init or "random",
             init_text=init_text,
             mode=mode,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..serialization import atomic_write_json
+from ..serialization import atomic_write_bytes, atomic_write_json
 from ..threads import get_num_threads
 
 # (key, header, format) of the table's columns; metric columns are added per task.
@@ -125,6 +126,30 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join([line(header), rule, *(line(r) for r in body)])
 
 
+def split_keys(obj: Any, keys: Sequence[str]) -> tuple[Any, Any]:
+    """Split a JSON-able record in two: everything but ``keys`` (at any depth), and the values of
+    ``keys`` in the same nesting (dicts and lists kept only where they hold one of them).
+
+    >>> split_keys({"a": 1, "seconds": 2.0, "dev": {"bleu": 3, "seconds": 4.0}}, ("seconds",))
+    ({'a': 1, 'dev': {'bleu': 3}}, {'seconds': 2.0, 'dev': {'seconds': 4.0}})
+    """
+    if isinstance(obj, dict):
+        rest, taken = {}, {}
+        for key, value in obj.items():
+            if key in keys:
+                taken[key] = value
+            else:
+                rest[key], inner = split_keys(value, keys)
+                if inner not in (None, {}, []):
+                    taken[key] = inner
+        return rest, taken
+    if isinstance(obj, list):
+        pairs = [split_keys(item, keys) for item in obj]
+        inner = [t for _, t in pairs]
+        return [r for r, _ in pairs], inner if any(t not in (None, {}, []) for t in inner) else None
+    return obj, None
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as JSON (atomically) and return the path."""
     path = Path(path)
@@ -175,6 +200,8 @@ def plot_tradeoff(rows: Sequence[dict[str, Any]], path: str | Path, title: str =
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
     plt.close(fig)
+    atomic_write_bytes(path, image.getvalue())
     return path

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import sys
 import time
@@ -41,12 +40,14 @@ from typing import Any
 
 import numpy as np
 
+from ..cli import check_writable_dir, path_arg, positive_int, touches_shipped
 from ..data import load_tokenizer
 from ..data.lexicon import slot_errors
 from ..model.pretrained import MANIFEST_NAME
+from ..serialization import atomic_write_bytes, read_json
 from ..threads import num_threads
 from ..train import corpus_bleu, slot_error_rate, train
-from ..train.pretrain import pretrain, quick_mode, size_config
+from ..train.pretrain import SIZES, TIMING_NAME, pretrain, quick_mode, size_config
 from .finetune import FinetuneSettings, evaluate, fit, prepare, summarize
 from .report import write_json
 
@@ -111,11 +112,11 @@ def pretrained(engine: str, size: str, folder: Path, quick: bool, progress: bool
     steps = QUICK["pretrain_steps"] if quick else PRETRAIN["steps"]
     command = (f"tinypft pretrain --size {size} --steps {steps} --batch-size "
                f"{PRETRAIN['batch_size']} --lr {PRETRAIN['lr']} --out {folder} (trained by {engine})")
-    manifest = folder / MANIFEST_NAME
+    manifest, timing = folder / MANIFEST_NAME, folder / TIMING_NAME
     if manifest.exists():
-        made = json.loads(manifest.read_text())
-        if made["command"] == command:
-            return made
+        made = read_json(manifest)
+        if made.get("command") == command:
+            return made | (read_json(timing) if timing.exists() else {})  # the wall times
         print(f"[{engine}] {folder} was pretrained by another recipe; pretraining again", flush=True)
     return pretrain(size_config(size, tokenizer.vocab_size), folder, steps=steps,
                     batch_size=PRETRAIN["batch_size"], lr=PRETRAIN["lr"], dev_windows=4 if quick else 256,
@@ -193,7 +194,7 @@ def run_engine(engine: str, size: str, root: Path, quick: bool, progress: bool) 
     folder = root / engine
     manifest = pretrained(engine, size, folder / "pretrain", quick, progress)
     cache_path = folder / "runs.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    cache = read_json(cache_path) if cache_path.exists() else {}
     for run in plan(quick):
         settings = run_settings(run, size, folder / "pretrain", quick, progress)
         made = cache.get(run.label)
@@ -352,17 +353,26 @@ def verdicts(results: dict[str, dict[str, Any]]) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=(*ENGINES, "both"), default="torch",
                         help="who does the training steps (default torch)")
-    parser.add_argument("--size", default="small", help="model shape: tiny, small (default) or medium")
+    parser.add_argument("--size", choices=list(SIZES), default="small", help="model shape (default small)")
     parser.add_argument("--quick", action="store_true", help="a few steps per run, to check that it all runs")
-    parser.add_argument("--runs", help="folder for checkpoints and run records (default runs/scale)")
-    parser.add_argument("--out", help="folder for scale.md and results/scale.json (default docs)")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS and PyTorch threads")
+    parser.add_argument("--runs", type=path_arg,
+                        help="folder for checkpoints and run records (default runs/scale)")
+    parser.add_argument("--out", type=path_arg,
+                        help="folder for scale.md and results/scale.json (default docs)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="BLAS and PyTorch threads")
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     quick = args.quick or quick_mode()
     engines = list(ENGINES) if args.engine == "both" else [args.engine]
+    suffix = "-quick" if quick else ""
+    root = Path(f"runs/scale{suffix}" if args.runs is None else args.runs)
+    out = Path(("runs/scale-quick" if quick else "docs") if args.out is None else args.out)
+    for flag, folder in (("--runs", root), ("--out", out)):
+        if touches_shipped(folder):
+            raise ValueError(f"{flag} {folder} lies in the shipped checkpoints' folder; give another folder")
+        check_writable_dir(folder, flag)
     if "torch" in engines:
         try:
             import torch
@@ -370,9 +380,6 @@ def run(args: argparse.Namespace) -> int:
             print("tinypft scale: --engine torch needs PyTorch (pip install torch)", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
-    suffix = "-quick" if quick else ""
-    root = Path(args.runs or f"runs/scale{suffix}")
-    out = Path(args.out or ("runs/scale-quick" if quick else "docs"))
     command = shlex.join(["tinypft", "scale", "--engine", args.engine, "--size", args.size]
                          + (["--quick"] if quick else []))
     start = time.perf_counter()
@@ -380,9 +387,17 @@ def run(args: argparse.Namespace) -> int:
         results = {e: run_engine(e, args.size, root, quick, not args.no_progress) for e in engines}
     md = out / "scale.md"
     md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text(report(results, args.size, command))
+    atomic_write_bytes(md, report(results, args.size, command).encode("utf-8"))
     payload = {"command": command, "size": args.size, "results": results}
     js = write_json(out / "results" / "scale.json", payload)
     print(f"{time.perf_counter() - start:.0f} s; wrote {md} and {js}")
     print("\n".join(verdicts(results)))
     return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted ``tinypft scale`` kept (for the one line ``tinypft.cli`` prints)."""
+    quick = args.quick or quick_mode()
+    root = Path(f"runs/scale{'-quick' if quick else ''}" if args.runs is None else args.runs)
+    return (f"the finished runs are kept in {root}/<engine>/runs.json; rerun the same command to "
+            "continue with the others")

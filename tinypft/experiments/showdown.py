@@ -21,7 +21,6 @@ import argparse
 import dataclasses
 import multiprocessing
 import shlex
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -30,8 +29,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..cli import check_writable_dir, path_arg, positive_int, touches_shipped
 from ..data import load_tokenizer
+from ..serialization import atomic_write_bytes
 from ..threads import num_threads
+from ..train.pretrain import SIZES
 from . import report
 from .finetune import FinetuneSettings, run_finetune
 
@@ -116,7 +118,7 @@ def run_showdown(
         title = f"E2E, {size} model, {budget.name} budget ({budget.steps} steps)"
         report.write_json(out / "showdown.json", result)
         report.plot_tradeoff(rows, out / "showdown.png", title=title)
-        (out / "showdown.md").write_text(page(result, title))
+        atomic_write_bytes(out / "showdown.md", page(result, title).encode("utf-8"))
     return result
 
 
@@ -194,36 +196,38 @@ def page(result: dict[str, Any], title: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help=f"quick budget ({BUDGETS['quick'].time_limit})")
-    parser.add_argument("--size", default="small", help="shipped checkpoint: tiny, small or medium")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per method (0, 1, ...); rows show means")
-    parser.add_argument("--out", help="output folder (default runs/showdown or runs/showdown-quick)")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (see tinypft.threads)")
-    parser.add_argument("--jobs", type=int, default=2,
+    parser.add_argument("--size", choices=list(SIZES), default="small", help="shipped checkpoint")
+    parser.add_argument("--seeds", type=positive_int, default=1,
+                        help="seeds per method (0, 1, ...); rows show means")
+    parser.add_argument("--out", type=path_arg,
+                        help="output folder (default runs/showdown or runs/showdown-quick)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (see tinypft.threads)")
+    parser.add_argument("--jobs", type=positive_int, default=2,
                         help="methods trained at once, one process each (default 2, one per core)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)  # tests: a checkpoint folder of their own
+    parser.add_argument("--checkpoint", type=path_arg,
+                        help=argparse.SUPPRESS)  # tests: a checkpoint folder of their own
     parser.add_argument("--test-budget", action="store_true", help=argparse.SUPPRESS)  # tests: a few steps
 
 
 def run(args: argparse.Namespace) -> int:
     budget = BUDGETS["test" if args.test_budget else "quick" if args.quick else "default"]
     suffix = "-quick" if args.quick else ""
-    out = Path(args.out or f"runs/showdown{suffix}")
+    out = Path(f"runs/showdown{suffix}" if args.out is None else args.out)
+    if touches_shipped(out):
+        raise ValueError(f"--out {out} lies in the shipped checkpoints' folder; give another folder")
+    check_writable_dir(out, "--out")
     command = ["tinypft", "showdown"] + (["--quick"] if args.quick else [])
     command += ["--size", args.size, "--seeds", str(args.seeds), "--out", str(out)]
     command += ["--threads", str(args.threads), "--jobs", str(args.jobs)]
     command += (["--checkpoint", args.checkpoint] if args.checkpoint else [])
     command += ["--test-budget"] if args.test_budget else []
     print(f"showdown, {budget.name} budget: {budget.describe()}; must fit in {budget.time_limit}")
-    try:
-        with num_threads(args.threads):
-            result = run_showdown(
-                budget, size=args.size, seeds=args.seeds, out=out, checkpoint=args.checkpoint,
-                progress=not args.no_progress, command=shlex.join(command), jobs=args.jobs,
-            )
-    except (ValueError, FileNotFoundError) as err:
-        print(f"tinypft showdown: {err}", file=sys.stderr)
-        return 2
+    with num_threads(args.threads):
+        result = run_showdown(
+            budget, size=args.size, seeds=args.seeds, out=out, checkpoint=args.checkpoint,
+            progress=not args.no_progress, command=shlex.join(command), jobs=args.jobs,
+        )
     print(result["table"])
     if result["eval_note"]:
         print(f"note: {result['eval_note']} (a fixed subset; the full sets take the default budget)")
@@ -233,3 +237,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"wall time {result['wall_seconds']:.0f} s; wrote {out / 'showdown.json'}, {out / 'showdown.md'} "
           f"and {out / 'showdown.png'}")
     return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted ``tinypft showdown`` kept (for the one line ``tinypft.cli`` prints)."""
+    return "nothing was written (a showdown writes its files when every run is done); rerun the command"

@@ -8,8 +8,9 @@
 
 A checkpoint is first written to a hidden temporary folder that is renamed into place in one
 step, and only then does ``latest.json`` point at it. A crash at any moment therefore leaves the
-previous checkpoint intact and referenced. ``state.json`` records the SHA-256 of the arrays file,
-so a damaged checkpoint is detected instead of silently resumed.
+previous checkpoint intact and referenced; the temporary folders a killed run leaves behind are
+deleted by the next save. ``state.json`` records the SHA-256 of the arrays file, so a damaged
+checkpoint is detected instead of silently resumed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def save_checkpoint(
     but the ``keep`` newest checkpoints. Returns the checkpoint's folder."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    for orphan in directory.glob(".step-*.tmp"):  # left by a run killed while saving
+        shutil.rmtree(orphan, ignore_errors=True)
     name = f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=directory))
     try:
@@ -57,13 +60,22 @@ def save_checkpoint(
 def load_latest_checkpoint(directory: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
     """``(arrays, state)`` of the checkpoint ``latest.json`` names, or None if there is none.
 
-    Raises ValueError if the arrays file does not match the SHA-256 its state recorded.
+    Raises ValueError (naming the file) if ``latest.json`` or ``state.json`` is unreadable or
+    incomplete, or if the arrays file does not match the SHA-256 its state recorded.
     """
     directory = Path(directory)
     if not (directory / LATEST).is_file():
         return None
-    folder = directory / read_json(directory / LATEST)["name"]
+    latest = read_json(directory / LATEST)
+    name = latest.get("name") if isinstance(latest, dict) else None
+    if not isinstance(name, str) or not _STEP_DIR.match(name):
+        raise ValueError(f"{directory / LATEST} does not name a checkpoint folder (step-...)")
+    folder = directory / name
+    if not (folder / STATE).is_file() or not (folder / ARRAYS).is_file():
+        raise ValueError(f"{directory / LATEST} names {name}, but {folder} lacks {STATE} or {ARRAYS}")
     state = read_json(folder / STATE)
+    if not isinstance(state, dict) or "arrays_sha256" not in state:
+        raise ValueError(f"{folder / STATE} is not a checkpoint's state (no arrays_sha256)")
     digest = sha256_file(folder / ARRAYS)
     if digest != state["arrays_sha256"]:
         raise ValueError(

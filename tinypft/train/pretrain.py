@@ -13,8 +13,13 @@ training stops when it stops improving. Nothing from E2E's dev or test split is 
 A checkpoint folder holds ``model.safetensors`` (float16 by default: half the bytes, and the
 rounding costs a negligible amount of loss, which the manifest records) and ``manifest.json``:
 the GPTConfig, the tokenizer's fingerprint, data and seeds, the loss curve, the copy probe, the
-speed, the SHA-256 of the weights and the command that made it. ``tinypft.model.load_pretrained``
-checks both before loading.
+the SHA-256 of the weights and the command that made it. ``tinypft.model.load_pretrained``
+checks both before loading. The wall times (seconds, tokens per second) are in ``timing.json``, so
+the same command and seed write byte-identical weights and manifest. The folder is written as a
+whole (a temporary folder renamed into place): an interrupted run leaves the previous one intact.
+
+``--out`` and ``--state-dir`` are checked before training starts; nothing is written into
+``data/checkpoints`` unless ``--out`` is the shipped folder of ``--size`` and ``--force`` is given.
 """
 
 from __future__ import annotations
@@ -32,6 +37,16 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..cli import (
+    check_output_dir,
+    check_state_dir,
+    fraction,
+    nonnegative_int,
+    path_arg,
+    positive_float,
+    positive_int,
+    touches_shipped,
+)
 from ..data import (
     E2EExample,
     Tokenizer,
@@ -44,11 +59,18 @@ from ..data import (
 from ..engine import manual_seed, use_fused_kernels
 from ..model import GPT, GPTConfig
 from ..model.pretrained import MANIFEST_FORMAT, MANIFEST_NAME, checkpoint_dir
-from ..serialization import WEIGHTS_NAME, atomic_write_json, save_tensors, sha256_file
+from ..serialization import (
+    WEIGHTS_NAME,
+    atomic_directory,
+    atomic_write_json,
+    foreign_entries,
+    save_tensors,
+    sha256_file,
+)
 from ..threads import num_threads
 from .batching import PackedWindows, pack_documents
 from .probes import name_copy_rate
-from .trainer import TrainConfig, TrainResult, mean_loss, train
+from .trainer import TrainConfig, TrainResult, latest_step, mean_loss, train
 
 CONTEXT_LENGTH = 128
 
@@ -67,6 +89,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "medium": {"steps": 4000, "batch_size": 16, "lr": 1e-3},
 }
 QUICK_ENV_VAR = "TINYPFT_QUICK"  # set to 1: a few steps only, to check that everything runs
+TIMING_NAME = "timing.json"  # the wall times of a run: the one file two identical runs write differently
+FOLDER_FILES = (WEIGHTS_NAME, MANIFEST_NAME, TIMING_NAME)  # a checkpoint folder holds these
 
 
 def size_config(size: str, vocab_size: int, context_length: int = CONTEXT_LENGTH) -> GPTConfig:
@@ -129,8 +153,9 @@ def pretrain(
     trainer: Callable[..., TrainResult] = train,
     dropout: float = 0.0,
 ) -> dict[str, Any]:
-    """Train a GPT of shape ``config`` from scratch and write ``model.safetensors`` and
-    ``manifest.json`` into ``out_dir``; returns the manifest.
+    """Train a GPT of shape ``config`` from scratch and write ``model.safetensors``,
+    ``manifest.json`` and ``timing.json`` into ``out_dir`` (as a whole, see the module docstring);
+    returns the manifest with the wall times ``seconds`` and ``tokens_per_sec`` of ``timing.json``.
 
     Cosine schedule with warmup (default 5% of the steps), AdamW (weight decay 0.1 on matrices),
     gradient clipping at 1. ``state_dir`` keeps resumable training checkpoints (``resume``).
@@ -141,10 +166,21 @@ def pretrain(
         raise ValueError(f"pretrain: vocab_size {config.vocab_size} but {tokenizer.vocab_size} token ids")
     if dtype not in ("float16", "float32"):
         raise ValueError(f"pretrain: dtype must be float16 or float32, got {dtype!r}")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("dev_windows", dev_windows),
+                        ("patience", patience)):
+        if value < 1:
+            raise ValueError(f"pretrain: {name} must be a positive integer, got {value}")
+    if eval_every is None:
+        eval_every = max(1, steps // 20)
+    elif eval_every < 1:
+        raise ValueError(f"pretrain: eval_every must be a positive integer, got {eval_every}")
+    foreign = foreign_entries(out_dir, FOLDER_FILES)
+    if foreign:  # atomic_directory would refuse it too, but only after training
+        listed = ", ".join(foreign[:3])
+        raise ValueError(f"pretrain: {out_dir} holds files a checkpoint folder does not ({listed})")
     train_windows, dev, heldout_mrs, data_info = corpus_windows(
         tokenizer, config.context_length, dev_windows, seed, data_dir
     )
-    eval_every = eval_every or max(1, steps // 20)
     train_config = TrainConfig(
         lr=lr, weight_decay=0.1, betas=(0.9, 0.95), warmup_steps=warmup_steps if warmup_steps is not None
         else steps // 20, schedule="cosine", max_steps=steps, batch_size=batch_size, grad_clip=1.0,
@@ -162,12 +198,25 @@ def pretrain(
         dev_loss = mean_loss(model, dev, batch_size, tokenizer.pad_id)
         copying = name_copy_rate(model, tokenizer, heldout_mrs, n=200)
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / WEIGHTS_NAME
-    save_tensors(weights, stored, metadata={"format": "np", "producer": MANIFEST_FORMAT})
+    with atomic_directory(out_dir, FOLDER_FILES) as tmp:
+        weights = tmp / WEIGHTS_NAME
+        save_tensors(weights, stored, metadata={"format": "np", "producer": MANIFEST_FORMAT})
+        manifest = _manifest(config, dtype, weights, tokenizer, data_info, seed, train_config, result,
+                             eval_every, dev_loss, copying, command, size)
+        timing = {"seconds": result.seconds, "tokens_per_sec": result.tokens_per_sec}
+        atomic_write_json(tmp / MANIFEST_NAME, manifest)
+        atomic_write_json(tmp / TIMING_NAME, timing)
+    return manifest | timing
+
+
+def _manifest(
+    config: GPTConfig, dtype: str, weights: Path, tokenizer: Tokenizer, data_info: dict[str, Any], seed: int,
+    train_config: TrainConfig, result: TrainResult, eval_every: int, dev_loss: float,
+    copying: dict[str, Any], command: str | None, size: str | None,
+) -> dict[str, Any]:
+    """What ``manifest.json`` records (see the module docstring)."""
     best_step = int(result.best["step"]) if result.best else result.steps
-    manifest = {
+    return {
         "format": MANIFEST_FORMAT,
         "version": 1,
         "tinypft_version": __version__,
@@ -189,12 +238,8 @@ def pretrain(
         "dev_loss_float32": result.best["loss"],
         "loss_curve": _loss_curve(result.train_loss, result.evals),
         "name_copy_rate": copying,
-        "seconds": result.seconds,
-        "tokens_per_sec": result.tokens_per_sec,
         "command": command,
     }
-    atomic_write_json(out_dir / MANIFEST_NAME, manifest)
-    return manifest
 
 
 def _loss_curve(train_loss: list[float], evals: list[dict[str, float]]) -> list[tuple[int, float, float]]:
@@ -212,42 +257,65 @@ def _loss_curve(train_loss: list[float], evals: list[dict[str, float]]) -> list[
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", choices=list(SIZES), help="model shape (required)")
-    parser.add_argument("--steps", type=int, help="optimizer steps (default per size)")
-    parser.add_argument("--out", help="output folder (default data/checkpoints/<size>, which needs --force)")
+    parser.add_argument("--steps", type=positive_int, help="optimizer steps (default per size)")
+    parser.add_argument("--out", type=path_arg,
+                        help="output folder (default data/checkpoints/<size>, which needs --force)")
     parser.add_argument("--force", action="store_true", help="overwrite the shipped checkpoint of --size")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, help="windows per batch (default 16)")
-    parser.add_argument("--lr", type=float, help="peak learning rate (default per size)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
+    parser.add_argument("--batch-size", type=positive_int, help="windows per batch (default 16)")
+    parser.add_argument("--lr", type=positive_float, help="peak learning rate (default per size)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="stored dtype")
-    parser.add_argument("--eval-every", type=int, help="steps between evaluations (default steps/20)")
-    parser.add_argument("--dev-windows", type=int, default=256, help="held-out windows of 128 tokens")
-    parser.add_argument("--dropout", type=float, default=0.0, help="dropout while pretraining")
-    parser.add_argument("--patience", type=int, default=5, help="evaluations without gain before stopping")
-    parser.add_argument("--data-dir", help="folder with e2e/ (default $TINYPFT_DATA, else data/e2e)")
-    parser.add_argument("--state-dir", help="folder for resumable training checkpoints")
+    parser.add_argument("--eval-every", type=positive_int,
+                        help="steps between evaluations (default steps/20)")
+    parser.add_argument("--dev-windows", type=positive_int, default=256,
+                        help="held-out windows of 128 tokens")
+    parser.add_argument("--dropout", type=fraction, default=0.0, help="dropout while pretraining")
+    parser.add_argument("--patience", type=positive_int, default=5,
+                        help="evaluations without gain before stopping")
+    parser.add_argument("--data-dir", type=path_arg,
+                        help="folder with e2e/ (default $TINYPFT_DATA, else data/e2e)")
+    parser.add_argument("--state-dir", type=path_arg, help="folder for resumable training checkpoints")
     parser.add_argument("--resume", action="store_true", help="continue from the --state-dir checkpoint")
     parser.add_argument("--no-fused", action="store_true", help="use the composed reference kernels")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (see tinypft.threads)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (see tinypft.threads)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
+def check_args(args: argparse.Namespace, out: Path) -> None:
+    """Refuse, before any work, a missing --size, --resume without --state-dir, and output folders
+    that cannot be written or would overwrite the shipped checkpoints without --force."""
     if args.size is None:
-        print(f"tinypft pretrain: --size is required ({', '.join(SIZES)})", file=sys.stderr)
-        return 2
+        raise ValueError(f"--size is required ({', '.join(SIZES)})")
+    if args.resume and args.state_dir is None:
+        raise ValueError("--resume continues from the checkpoints in --state-dir; give --state-dir DIR")
+    own = checkpoint_dir(args.size)
+    if out.resolve() == own.resolve():
+        if (own / MANIFEST_NAME).exists() and not args.force:
+            raise ValueError(f"{out} holds the shipped {args.size} checkpoint; give --out DIR, or --force "
+                             "to replace it")
+    elif touches_shipped(out, own.parent):
+        raise ValueError(f"--out {out} lies in {own.parent}, the shipped checkpoints; only --out {own} "
+                         f"(with --force) replaces one")
+    check_output_dir(out, "--out", FOLDER_FILES)
+    if args.state_dir is not None:
+        if touches_shipped(args.state_dir, own.parent):
+            raise ValueError(f"--state-dir {args.state_dir} lies in {own.parent}, the shipped checkpoints; "
+                             "give another folder")
+        if out.resolve() in Path(args.state_dir).resolve().parents:
+            raise ValueError("--state-dir must lie outside --out (the --out folder is replaced as a whole)")
+        check_state_dir(args.state_dir, "--state-dir", args.resume)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out is not None else checkpoint_dir(args.size or "tiny")
+    check_args(args, out)
     defaults = DEFAULTS[args.size]
-    steps = args.steps or defaults["steps"]
+    steps = defaults["steps"] if args.steps is None else args.steps
     dev_windows = args.dev_windows
     if quick_mode():
         steps, dev_windows = min(steps, 20), min(dev_windows, 4)
-    batch_size = args.batch_size or defaults["batch_size"]
-    lr = args.lr or defaults["lr"]
-    out = Path(args.out) if args.out else checkpoint_dir(args.size)
-    shipped = out.resolve() == checkpoint_dir(args.size).resolve()
-    if shipped and (checkpoint_dir(args.size) / MANIFEST_NAME).exists() and not args.force:
-        print(f"tinypft pretrain: {out} holds the shipped {args.size} checkpoint; give --out DIR, or --force "
-              "to replace it", file=sys.stderr)
-        return 2
+    batch_size = defaults["batch_size"] if args.batch_size is None else args.batch_size
+    lr = defaults["lr"] if args.lr is None else args.lr
     command = ["tinypft", "pretrain", "--size", args.size, "--steps", str(steps),
                "--out", str(out), "--seed", str(args.seed), "--batch-size", str(batch_size), "--lr", str(lr),
                "--dtype", args.dtype, "--dev-windows", str(dev_windows), "--dropout", str(args.dropout),
@@ -262,6 +330,8 @@ def run(args: argparse.Namespace) -> int:
     config = size_config(args.size, tokenizer.vocab_size)
     print(f"pretraining {args.size}: {config.num_parameters():,} parameters, {steps} steps of "
           f"{batch_size} x {config.context_length} tokens, the E2E training references grouped by MR")
+    if args.resume and latest_step(args.state_dir) is None:
+        print(f"no checkpoint in {args.state_dir} yet; training from the first step", file=sys.stderr)
     with num_threads(args.threads):
         manifest = pretrain(
             config, out, steps=steps, batch_size=batch_size, lr=lr, seed=args.seed,
@@ -271,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
             dropout=args.dropout, patience=args.patience,
         )
     megabytes = (out / WEIGHTS_NAME).stat().st_size / 1e6
-    print(f"wrote {out / WEIGHTS_NAME} ({megabytes:.2f} MB) and {MANIFEST_NAME}")
+    print(f"wrote {out / WEIGHTS_NAME} ({megabytes:.2f} MB), {MANIFEST_NAME} and {TIMING_NAME}")
     print(f"train loss {manifest['final_train_loss']:.4f}, held-out loss {manifest['dev_loss']:.4f}, "
           f"{manifest['seconds']:.0f} s, {manifest['tokens_per_sec']:,.0f} tokens/s")
     probe = manifest["name_copy_rate"]
@@ -279,3 +349,15 @@ def run(args: argparse.Namespace) -> int:
           f"{probe['known_name_rate']:.0%} of the time ({probe['copy_rate']:.0%} when its name is made up) "
           f"and restates {probe['value_copy_rate']:.0%} of the slot values")
     return 0
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted ``tinypft pretrain`` kept (for the one line ``tinypft.cli`` prints)."""
+    kept = "--out was not written"
+    if getattr(args, "state_dir", None) is None:
+        return f"{kept}; nothing was kept (--state-dir DIR keeps resumable checkpoints)"
+    step = latest_step(args.state_dir)
+    if step is None:
+        return f"{kept}; no checkpoint was written yet in {args.state_dir}"
+    return (f"{kept}; the checkpoint of step {step} is kept in {args.state_dir}; rerun the same command "
+            "with --resume")

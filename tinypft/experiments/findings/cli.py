@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 import time
 from pathlib import Path
 
+from ...cli import check_writable_dir, nonnegative_ints, path_arg, positive_int, touches_shipped
 from ...threads import num_threads
-from ...train.pretrain import quick_mode
+from ...train.pretrain import SIZES, quick_mode
 from .experiments import EXPERIMENTS, run_experiments
 from .report import write_results
 from .runs import BUDGETS, Context
@@ -18,15 +18,19 @@ from .runs import BUDGETS, Context
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``tinypft findings``."""
     parser.add_argument("--only", help=f"comma-separated experiments (default all): {', '.join(EXPERIMENTS)}")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--seeds", type=nonnegative_ints, default=[0, 1, 2],
+                        help="comma-separated seeds (default 0,1,2)")
     parser.add_argument("--quick", action="store_true", help="a few steps per run, to check that it all runs")
-    parser.add_argument("--size", default="small", help="shipped checkpoint: tiny, small (default) or medium")
-    parser.add_argument("--out", help="folder for results.md and results/findings.json (default docs; "
-                        "with --quick runs/findings-quick)")
-    parser.add_argument("--cache", help="the runs' cache file (default runs/findings[-quick]/cache.json)")
-    parser.add_argument("--threads", type=int, default=1, help="BLAS threads (see tinypft.threads)")
+    parser.add_argument("--size", choices=list(SIZES), default="small",
+                        help="shipped checkpoint (default small)")
+    parser.add_argument("--out", type=path_arg, help="folder for results.md and results/findings.json "
+                        "(default docs; with --quick runs/findings-quick)")
+    parser.add_argument("--cache", type=path_arg,
+                        help="the runs' cache file (default runs/findings[-quick]/cache.json)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (see tinypft.threads)")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)  # tests: a checkpoint folder of their own
+    parser.add_argument("--checkpoint", type=path_arg,
+                        help=argparse.SUPPRESS)  # tests: a checkpoint folder of their own
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,13 +40,16 @@ def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in (args.only or ",".join(EXPERIMENTS)).split(",") if n.strip()]
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
-        print(f"tinypft findings: unknown experiments {unknown}; choose from {', '.join(EXPERIMENTS)}",
-              file=sys.stderr)
-        return 2
-    seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
-    suffix = "-quick" if quick else ""
-    out = Path(args.out or ("runs/findings-quick" if quick else "docs"))
-    cache = Path(args.cache or f"runs/findings{suffix}/cache.json")
+        raise ValueError(f"--only: unknown experiments {', '.join(unknown)}; choose from "
+                         f"{', '.join(EXPERIMENTS)}")
+    seeds = tuple(args.seeds)
+    out, cache = output_paths(args)
+    for flag, folder in (("--out", out), ("--cache", cache.parent)):
+        if touches_shipped(folder):
+            raise ValueError(f"{flag} {folder} lies in the shipped checkpoints' folder; give another folder")
+        check_writable_dir(folder, flag)
+    if cache.is_dir():
+        raise ValueError(f"--cache {cache} is a folder; give a file name")
     command = ["tinypft", "findings"] + (["--quick"] if quick else [])
     command += ["--only", args.only] if args.only else []
     command += ["--seeds", ",".join(map(str, seeds)), "--size", args.size, "--threads", str(args.threads)]
@@ -50,17 +57,27 @@ def run(args: argparse.Namespace) -> int:
     budget = BUDGETS["quick" if quick else "default"]
     print(f"findings, {budget.name} budget: {budget.describe()}; seeds {list(seeds)}; cache {cache}")
     start = time.perf_counter()
-    try:
-        with num_threads(args.threads):
-            ctx = Context(budget, seeds, args.size, cache, checkpoint=args.checkpoint,
-                          progress=not args.no_progress)
-            skipped = run_experiments([EXPERIMENTS[n] for n in names], ctx)
-            written = write_results(list(EXPERIMENTS.values()), ctx, out, shlex.join(command),
-                                    skipped, time.perf_counter() - start)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"tinypft findings: {err}", file=sys.stderr)
-        return 2
+    with num_threads(args.threads):
+        ctx = Context(budget, seeds, args.size, cache, checkpoint=args.checkpoint,
+                      progress=not args.no_progress)
+        skipped = run_experiments([EXPERIMENTS[n] for n in names], ctx)
+        written = write_results(list(EXPERIMENTS.values()), ctx, out, shlex.join(command),
+                                skipped, time.perf_counter() - start)
     for message in skipped:
         print(f"skipped {message}")
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The report's folder and the runs' cache file the options name (or their defaults)."""
+    quick = args.quick or quick_mode()
+    out = Path(("runs/findings-quick" if quick else "docs") if args.out is None else args.out)
+    cache = Path(f"runs/findings{'-quick' if quick else ''}/cache.json" if args.cache is None else args.cache)
+    return out, cache
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted ``tinypft findings`` kept (for the one line ``tinypft.cli`` prints)."""
+    return (f"the finished runs are kept in {output_paths(args)[1]}; rerun the same command to continue "
+            "with the others")

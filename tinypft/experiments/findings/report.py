@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...serialization import atomic_write_bytes
 from ..report import write_json
 from .experiments import Experiment
 from .runs import Context, Row
@@ -121,7 +122,7 @@ def write_results(experiments: Sequence[Experiment], ctx: Context, out: Path, co
     md = out / "results.md"
     md.parent.mkdir(parents=True, exist_ok=True)
     lines = introduction(ctx, command, run_seconds, len(used), seconds) + [s.markdown for s in sections]
-    md.write_text("\n".join(lines))
+    atomic_write_bytes(md, "\n".join(lines).encode("utf-8"))
     data = {exp.name: s.data for exp, s in zip(experiments, sections) if s.data is not None}
     payload = {"command": command, "budget": dataclasses.asdict(ctx.budget), "seeds": list(ctx.seeds),
                "size": ctx.size, "run_seconds": run_seconds, "experiments": data}

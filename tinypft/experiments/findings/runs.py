@@ -18,9 +18,13 @@ from typing import Any
 
 from ...data import extrapolation_split, load_tokenizer, with_source
 from ...peft import BitFitConfig, bias_change, get_peft_model
+from ...peft.model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+from ...serialization import atomic_directory, read_json
 from ...train.metrics import evaluate_generation
 from ..finetune import FinetuneSettings, evaluate, evenly_spaced, fit, prepare, summarize
 from ..report import write_json
+
+ADAPTER_FILES = (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME)
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,7 @@ class Context:
     def __post_init__(self) -> None:
         self.tokenizer = self.tokenizer or load_tokenizer()
         if self.cache_path.exists():
-            self.cache = json.loads(self.cache_path.read_text())
+            self.cache = read_json(self.cache_path)
 
     def settings(self, method: str, seed: int, task: str = "e2e", **overrides: Any) -> FinetuneSettings:
         """A run of ``method`` within the budget; ``overrides`` are FinetuneSettings fields."""
@@ -162,7 +166,8 @@ def execute(spec: RunSpec, ctx: Context, callback: Any = None) -> dict[str, Any]
         changes = bias_change(before, after)
         record["bias_change"] = [[c, layer, value] for (c, layer), value in sorted(changes.items())]
     if spec.settings.method == "prompt":  # kept for the ensembles (P x d floats)
-        run.model.save_pretrained(ctx.adapter_dir(spec))
+        with atomic_directory(ctx.adapter_dir(spec), ADAPTER_FILES) as tmp:
+            run.model.save_pretrained(tmp)
     record.pop("environment")
     record["wall_seconds"] = time.perf_counter() - start
     return record
