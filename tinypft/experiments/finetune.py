@@ -50,8 +50,10 @@ from ..data import (
     Tokenizer,
     corpus_token_counts,
     flatten_pairs,
+    linearize_triples,
     load_e2e,
     load_tokenizer,
+    load_webnlg,
     low_data_subsets,
     mr_match_task,
     rating_task,
@@ -69,7 +71,11 @@ from ..train.trainer import lm_batch_loss
 from . import report
 from .methods import DEFAULTS, method_defaults, peft_config
 
-TASKS: tuple[str, ...] = ("e2e", "rating", "match")
+TASKS: tuple[str, ...] = ("e2e", "rating", "match", "webnlg")
+GENERATION_TASKS: tuple[str, ...] = ("e2e", "webnlg")  # scored by generating text (the rest: by class)
+# webnlg: tokens a source may take. The context is 128 and the E2E tokenizer spells DBpedia names in
+# many pieces, so only the shorter entries fit.
+WEBNLG_MAX_SOURCE = 48
 SOURCES: tuple[str, ...] = ("mr", "table")  # how an E2E source is written (see data.linearize_table)
 SELECT: tuple[str, ...] = ("dev", "heldout")  # what the validation loss that picks the best step is on
 HELDOUT_MRS = 100  # select="heldout": training MRs set aside for the validation loss
@@ -126,6 +132,8 @@ class FinetuneSettings:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.train_unit not in ("mr", "pair"):
             raise ValueError(f"train_unit must be 'mr' or 'pair', got {self.train_unit!r}")
+        if self.task == "webnlg" and (self.train_size is not None or self.unseen or self.select == "heldout"):
+            raise ValueError("webnlg: train_size, unseen values and select='heldout' are options of e2e")
         if self.train_unit != "mr" and self.task != "e2e":
             raise ValueError("--train-unit is an option of the e2e task")
         if self.method != "prefix" and (self.mode != "prefix" or not self.mlp or self.prefix_hidden):
@@ -143,7 +151,7 @@ class FinetuneSettings:
 
     @property
     def classification(self) -> bool:
-        return self.task != "e2e"
+        return self.task not in GENERATION_TASKS
 
     @property
     def probe(self) -> bool:
@@ -182,6 +190,8 @@ def evenly_spaced(items: Sequence[Any], n: int | None) -> list[Any]:
 def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int) -> TaskData:
     """Training, dev and test data of ``settings.task``; training examples over ``max_length``
     tokens are dropped (and counted). The training subset depends on the seed, dev/test do not."""
+    if settings.task == "webnlg":
+        return load_webnlg_task(settings, tokenizer, max_length)
     splits: dict[str, list[E2EExample]] = {
         split: with_source(load_e2e(split), settings.source) for split in ("train", "dev", "test")
     }
@@ -250,6 +260,33 @@ def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int)
         valid=valid,
         seen=evenly_spaced(seen, settings.eval_size),
         unseen=evenly_spaced(unseen, settings.eval_size),
+    )
+
+
+def load_webnlg_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int) -> TaskData:
+    """WebNLG 2017 (through ``TINYPFT_DATA``): train on the training entries (the 10 seen
+    categories), validate on dev, score ``seen`` and ``unseen`` test categories (``test`` is both).
+    Only entries whose linearized triples take at most ``WEBNLG_MAX_SOURCE`` tokens are used."""
+
+    def entries(split: str, category_set: str = "all") -> list[tuple[str, tuple[str, ...]]]:
+        examples = load_webnlg(split, category_set=category_set)
+        out = [(linearize_triples(ex.triples), ex.refs) for ex in examples if ex.refs]
+        return [(src, refs) for src, refs in out if len(source_ids(tokenizer, src)) <= WEBNLG_MAX_SOURCE]
+
+    train = [(src, ref) for src, refs in entries("train") for ref in refs]
+    encoded = encode_pairs(tokenizer, train, max_length=max_length)
+    dev = entries("dev")
+    valid = []
+    if settings.select == "dev":
+        dev_pairs = evenly_spaced([(src, ref) for src, refs in dev for ref in refs], VALID_PAIRS)
+        valid = encode_pairs(tokenizer, dev_pairs, max_length=max_length)
+    seen, unseen = entries("test", "seen"), entries("test", "unseen")
+    n = settings.eval_size
+    return TaskData(
+        task="webnlg", train=encoded, dev=evenly_spaced(dev, n),
+        test=evenly_spaced(seen, n) + evenly_spaced(unseen, n), train_units=len(train),
+        dropped=len(train) - len(encoded), eval_note=f"entries of at most {WEBNLG_MAX_SOURCE} source tokens",
+        valid=valid, seen=evenly_spaced(seen, n), unseen=evenly_spaced(unseen, n),
     )
 
 
@@ -433,7 +470,7 @@ def evaluate(run: Run, split: str) -> dict[str, Any]:
     examples = getattr(run.data, split)
     s = run.settings
     start = time.perf_counter()
-    if s.task == "e2e":
+    if s.task in GENERATION_TASKS:
         model = InfixAtSeparator(run.model) if run.infix else run.model
         scores = evaluate_generation(
             model, run.tokenizer, examples, max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size,
@@ -525,7 +562,7 @@ def sweep_lr(
     if not lrs:
         raise ValueError("sweep_lr: no learning rates")
     tokenizer = tokenizer or load_tokenizer()
-    key = "bleu" if settings.task == "e2e" else "accuracy"
+    key = "bleu" if settings.task in GENERATION_TASKS else "accuracy"
     data, best, sweep = None, None, []
     for lr in lrs:
         run = fit(prepare(dataclasses.replace(settings, lr=lr), tokenizer, data))
@@ -559,7 +596,7 @@ def finetune_command(s: FinetuneSettings) -> str:
             "--seed", str(s.seed), "--batch-size", str(s.batch_size)]
     args += ["--source", s.source] if s.source != "table" else []
     args += ["--train-unit", s.train_unit] if s.train_unit != "mr" else []
-    args += ["--max-new-tokens", str(s.max_new_tokens)] if s.task == "e2e" else []
+    args += ["--max-new-tokens", str(s.max_new_tokens)] if s.task in GENERATION_TASKS else []
     args += ["--steps", str(s.steps)] if s.steps else ["--epochs", str(s.epochs)]
     optional = {
         "--lr": s.lr, "--train-size": s.train_size, "--eval-size": s.eval_size, "--checkpoint": s.checkpoint,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ...data import load_e2e, rating_task
+from ...data import load_e2e, rating_task, real_data_dir
 from ...model import load_pretrained
 from ...peft import PeftModel, PromptEnsemble
 from ...train import pad_batch, source_ids
@@ -61,15 +61,21 @@ class Experiment:
     extra: Callable[[Context, list[Row]], dict[str, Any]] | None = None
 
 
-def plan(experiments: Sequence[Experiment], ctx: Context) -> tuple[dict[str, list[Row]], list[RunSpec]]:
+def plan(experiments: Sequence[Experiment], ctx: Context,
+         skipped: list[str] | None = None) -> tuple[dict[str, list[Row]], list[RunSpec]]:
     """The rows of every experiment that can be built now, and the runs still needed: the rows'
-    missing runs and the learning-rate sweeps that rows wait for."""
+    missing runs and the learning-rate sweeps that rows wait for. An experiment that cannot run
+    (no WebNLG data, a checkpoint that does not load) is left out, its reason added to ``skipped``."""
     built, needed = {}, []
     for exp in experiments:
         try:
             rows = exp.rows(ctx)
         except NeedsRuns as waiting:
             needed += waiting.specs
+            continue
+        except (ValueError, FileNotFoundError) as err:
+            if skipped is not None and not any(m.startswith(exp.name + ":") for m in skipped):
+                skipped.append(f"{exp.name}: {err}")
             continue
         built[exp.name] = rows
         needed += [s for row in rows for s in row.specs if ctx.record(s) is None]
@@ -79,12 +85,9 @@ def plan(experiments: Sequence[Experiment], ctx: Context) -> tuple[dict[str, lis
 def run_experiments(experiments: Sequence[Experiment], ctx: Context, jobs: int = 1) -> list[str]:
     """Run every missing run (sweeps first, then the rows they choose), then the extras; returns
     the messages of experiments that could not run (a checkpoint that does not load, no data)."""
-    skipped = []
+    skipped: list[str] = []
     while True:
-        try:
-            built, needed = plan(experiments, ctx)
-        except (ValueError, FileNotFoundError) as err:
-            return [str(err)]
+        built, needed = plan(experiments, ctx, skipped)
         if not needed:
             break
         ctx.run_all(needed, jobs)
@@ -494,6 +497,19 @@ def extrap_rows(ctx: Context) -> list[Row]:
             ctx.row("full", "full", lr=lr_of(methods["full"]), unseen=UNSEEN)]
 
 
+def webnlg_rows(ctx: Context) -> list[Row]:
+    """Frozen, prefix and full fine-tuning on WebNLG 2017 (``TINYPFT_DATA``), scored on the seen and
+    the unseen categories."""
+    real_data_dir()  # a clear error, reported as the reason this experiment did not run
+    return [ctx.row("frozen", "frozen", seeds=ctx.seeds[:1], task="webnlg"),
+            ctx.tuned("prefix", "prefix", task="webnlg"), ctx.tuned("full", "full", task="webnlg")]
+
+
+def webnlg_verdict(s: Summary, ctx: Context, rows: Sequence[Row] = ()) -> list[Verdict]:
+    return [judge_extrapolation("prefix does better than full fine-tuning on the unseen categories", s,
+                                "prefix", "full", "seen_bleu", "unseen_bleu", "frozen")]
+
+
 def extrap_verdict(s: Summary, ctx: Context, rows: Sequence[Row] = ()) -> list[Verdict]:
     return [judge_extrapolation("prefix does better than full fine-tuning on MRs with food types it never "
                                 "trained on", s, "prefix", "full", "seen_bleu", "unseen_bleu", "frozen"),
@@ -543,5 +559,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "embedding-only ablation: 62.2 vs 70.3 BLEU)", "e2e", prompt_e2e_rows, prompt_e2e_verdict),
     Experiment("extrapolation", "Extrapolation to unseen values", CITE["prefix"],
                "prefix-tuning extrapolates better than fine-tuning to unseen categories (WebNLG unseen: 45.3 "
-               "vs 26.7 BLEU, with seen 62.9 vs 64.7)", "e2e", extrap_rows, extrap_verdict),
+               "vs 26.7 BLEU, with seen 62.9 vs 64.7); here: E2E MRs whose food type never appears in "
+               f"fine-tuning ({UNSEEN})", "e2e", extrap_rows, extrap_verdict),
+    Experiment("webnlg", "Extrapolation to unseen WebNLG categories", CITE["prefix"],
+               "on WebNLG 2017, prefix-tuning 62.9 / 45.3 BLEU on seen / unseen categories against "
+               "fine-tuning's 64.7 / 26.7", "e2e", webnlg_rows, webnlg_verdict),
 )}

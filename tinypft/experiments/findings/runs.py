@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ...data import load_tokenizer
 from ...peft import BitFitConfig, bias_change, get_peft_model
 from ...threads import num_threads
-from ..finetune import FinetuneSettings, evaluate, fit, prepare, summarize
+from ..finetune import GENERATION_TASKS, FinetuneSettings, evaluate, fit, prepare, summarize
 from ..methods import method_defaults
 from ..report import write_json
 
@@ -132,7 +132,7 @@ class Context:
         """A run of ``method`` within the budget; ``overrides`` are FinetuneSettings fields. Every
         run keeps its best step on a validation loss: dev, or with little data a held-out slice."""
         b = self.budget
-        e2e = task == "e2e"
+        e2e = task in GENERATION_TASKS
         values: dict[str, Any] = dict(
             method=method, task=task, size=self.size, checkpoint=self.checkpoint, seed=seed,
             steps=b.steps if e2e else b.cls_steps, eval_size=b.eval_size if e2e else b.cls_eval_size,
@@ -140,7 +140,7 @@ class Context:
         )
         if method == "prefix" and self.budget.name == "quick":
             values["prefix_hidden"] = 16
-        if overrides.get("train_size") is not None and e2e:  # little data: its own steps and validation
+        if overrides.get("train_size") is not None and task == "e2e":  # little data: own steps, validation
             values.update(train_unit="pair", select="heldout", steps=b.lowdata_steps(overrides["train_size"]))
         values.update(overrides)
         if values["size"] != self.size:  # another size: its own shipped checkpoint
@@ -156,7 +156,7 @@ class Context:
 
     def default_lr(self, method: str, task: str = "e2e") -> float:
         spec = method_defaults(method)
-        return spec.lr if task == "e2e" else spec.classification_lr
+        return spec.lr if task in GENERATION_TASKS else spec.classification_lr
 
     def tuned(self, label: str, method: str, lrs: Sequence[float] | None = None,
               seeds: Sequence[int] | None = None, components: Any = None, **overrides: Any) -> Row:
@@ -199,7 +199,7 @@ class Context:
         todo = list({s.digest: s for s in specs if self.record(s) is None}.values())
         if not todo:
             return
-        todo.sort(key=lambda s: (s.settings.task != "e2e", s.settings.train_size is not None))  # long first
+        todo.sort(key=lambda s: (s.settings.task not in GENERATION_TASKS, s.settings.train_size is not None))
         bar = tqdm(total=len(todo), unit="run", disable=not self.progress, desc=desc)
         try:
             if jobs == 1:
@@ -243,6 +243,8 @@ def execute(spec: RunSpec, tokenizer: Any, adapter_dir: Path) -> dict[str, Any]:
     fit(run)
     if spec.score:
         splits = ("dev", "test") + (("seen", "unseen") if spec.settings.unseen else ())
+        if spec.settings.task == "webnlg":  # test is seen + unseen
+            splits = ("dev", "seen", "unseen")
         for split in splits:
             evaluate(run, split)
     record = summarize(run)

@@ -124,15 +124,22 @@ def no_evidence_reason(summary: Summary, label: str, frozen: str | None = None) 
     """Why row ``label`` gives no evidence for or against a claim, or None if it does.
 
     Classification: on some seed it answers one class for every test example. Generation (when the
-    frozen row ``frozen`` is given): its mean test SER is not below the frozen model's."""
+    frozen row ``frozen`` is given): its mean test SER is not below the frozen model's (without a
+    slot error rate, as on WebNLG: its mean dev BLEU is not above the frozen model's)."""
     s = summary[label]
     if "test_one_class" in s and max(s["test_one_class"].values) > 0:
         n, seeds = int(sum(s["test_one_class"].values)), len(s["test_one_class"].values)
         return f"{label} answers one class for every test example on {n} of {seeds} seeds"
-    if frozen is not None and label != frozen and "test_ser" in s and "test_ser" in summary[frozen]:
+    if frozen is None or label == frozen:
+        return None
+    if "test_ser" in s and "test_ser" in summary[frozen]:
         mine, base = s["test_ser"].mean, summary[frozen]["test_ser"].mean
         if mine >= base:
             return f"{label}'s test SER {mine:.3f} does not beat the frozen model's {base:.3f}"
+    elif "dev_bleu" in s and "dev_bleu" in summary[frozen]:
+        mine, base = s["dev_bleu"].mean, summary[frozen]["dev_bleu"].mean
+        if mine <= base:
+            return f"{label}'s dev BLEU {mine:.1f} does not beat the frozen model's {base:.1f}"
     return None
 
 
