@@ -5,7 +5,7 @@ Everything is pure Python and NumPy-free, seeded and deterministic.
 """
 
 from .build import build_tokenizer
-from .corpus import HELDOUT_FRACTION, encode_document, heldout_split, reference_groups
+from .corpus import HELDOUT_FRACTION, corpus_token_counts, encode_document, heldout_split, reference_groups
 from .lexicon import find_slot_values, slot_error_rate, slot_errors
 from .loaders import (
     DATA_ENV_VAR,
@@ -82,7 +82,7 @@ __all__ = [
     "find_slot_values",
     "e2e_dir",
     "e2e_file",
-    "encode_document",
+    "corpus_token_counts", "encode_document",
     "flatten_pairs",
     "format_mr",
     "heldout_split",

@@ -65,3 +65,18 @@ def encode_document(tokenizer: Tokenizer, references: Sequence[str]) -> list[int
             ids.append(tokenizer.sep_id)
         ids.extend(tokenizer.encode_target(ref))
     return ids
+
+
+def corpus_token_counts(tokenizer: Tokenizer, examples: Sequence[E2EExample]) -> list[int]:
+    """How often each token id occurs in the references of ``examples`` encoded as the pretraining
+    corpus encodes them (one count per vocabulary id); the special tokens count 0. Prompt tuning's
+    "sampled vocabulary" initialization draws from the most frequent of these."""
+    counts = [0] * tokenizer.vocab_size
+    for example in examples:
+        for ref in example.refs:
+            for token_id in tokenizer.encode_target(ref):
+                counts[token_id] += 1
+    for token_id in range(tokenizer.vocab_size):
+        if tokenizer.is_special(token_id):
+            counts[token_id] = 0
+    return counts

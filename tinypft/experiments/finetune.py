@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import random
 import shlex
 import sys
 import time
@@ -60,11 +62,15 @@ from ..cli import (
     touches_shipped,
 )
 from ..data import (
+    E2E_SLOTS,
     E2EExample,
     Tokenizer,
+    corpus_token_counts,
     flatten_pairs,
+    linearize_triples,
     load_e2e,
     load_tokenizer,
+    load_webnlg,
     low_data_subsets,
     mr_match_task,
     rating_task,
@@ -83,8 +89,25 @@ from ..train.trainer import latest_step, lm_batch_loss
 from . import report
 from .methods import DEFAULTS, method_defaults, peft_config
 
-TASKS: tuple[str, ...] = ("e2e", "rating", "match")
+TASKS: tuple[str, ...] = ("e2e", "rating", "match", "webnlg")
+GENERATION_TASKS: tuple[str, ...] = ("e2e", "webnlg")  # scored by generating text (the rest: by class)
+# webnlg: tokens a source may take. The context is 128 and the E2E tokenizer spells DBpedia names in
+# many pieces, so only the shorter entries fit.
+WEBNLG_MAX_SOURCE = 48
 SOURCES: tuple[str, ...] = ("mr", "table")  # how an E2E source is written (see data.linearize_table)
+SELECT: tuple[str, ...] = ("dev", "heldout")  # what the validation loss that picks the best step is on
+HELDOUT_MRS = 100  # select="heldout": training MRs set aside for the validation loss
+VALID_PAIRS = 400  # at most this many (source, target) pairs in a validation set, evenly spaced
+
+
+def parse_unseen(text: str) -> tuple[str, tuple[str, ...]]:
+    """ "food=Japanese,Indian" -> ("food", ("Japanese", "Indian")), checked against the E2E slots."""
+    slot, sep, values = text.partition("=")
+    names = tuple(v.strip() for v in values.split(",") if v.strip())
+    if not sep or not names or slot.strip() not in E2E_SLOTS:
+        raise ValueError(f"unseen must look like 'food=Japanese,Indian' with one of the slots "
+                         f"{', '.join(E2E_SLOTS)}; got {text!r}")
+    return slot.strip(), names
 QUICK_STEPS, QUICK_EVAL = 20, 20  # TINYPFT_QUICK=1: just check that everything runs
 OUT_FILES = ("result.json", "timing.json", "adapter")  # what --out holds
 WALL_TIMES = ("train_seconds", "tokens_per_sec", "seconds")  # record keys that differ run to run
@@ -116,6 +139,9 @@ class FinetuneSettings:
     eval_size: int | None = None  # evaluate a fixed, evenly spaced subset of dev/test; None: all
     max_new_tokens: int = 64
     eval_batch_size: int = 32
+    select: str | None = None  # "dev" or "heldout": keep the step with the lowest validation loss
+    eval_every: int | None = None  # with select: validate every this many steps (default: steps / 10)
+    unseen: str | None = None  # e2e: "slot=value,value": MRs with these values never train (see load_task)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -126,6 +152,8 @@ class FinetuneSettings:
             raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.train_unit not in ("mr", "pair"):
             raise ValueError(f"train_unit must be 'mr' or 'pair', got {self.train_unit!r}")
+        if self.task == "webnlg" and (self.train_size is not None or self.unseen or self.select == "heldout"):
+            raise ValueError("webnlg: train_size, unseen values and select='heldout' are options of e2e")
         if self.train_unit != "mr" and self.task != "e2e":
             raise ValueError("--train-unit is an option of the e2e task")
         if self.method != "prefix" and (
@@ -148,10 +176,18 @@ class FinetuneSettings:
             raise ValueError(f"--lr must be a finite number >= 0, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+        if self.select not in (None, *SELECT):
+            raise ValueError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
+        if self.select == "heldout" and self.task != "e2e":
+            raise ValueError("select='heldout' (a held-out slice of the training MRs) is an option of e2e")
+        if self.unseen is not None:
+            if self.task != "e2e":
+                raise ValueError("unseen values are an option of the e2e task")
+            parse_unseen(self.unseen)
 
     @property
     def classification(self) -> bool:
-        return self.task != "e2e"
+        return self.task not in GENERATION_TASKS
 
     @property
     def probe(self) -> bool:
@@ -172,6 +208,9 @@ class TaskData:
     test: list[Any]
     label_words: tuple[str, ...] = ()
     train_units: int = 0  # MRs (e2e) or examples (classification) drawn for training
+    valid: list[tuple[list[int], list[int]]] = field(default_factory=list)  # encoded, for the validation loss
+    seen: list[Any] = field(default_factory=list)  # e2e with unseen values: test MRs without them
+    unseen: list[Any] = field(default_factory=list)  # and the test MRs with them
     dropped: int = 0  # training examples longer than the context leaves room for
     eval_note: str = ""
 
@@ -187,13 +226,32 @@ def evenly_spaced(items: Sequence[Any], n: int | None) -> list[Any]:
 def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int) -> TaskData:
     """Training, dev and test data of ``settings.task``; training examples over ``max_length``
     tokens are dropped (and counted). The training subset depends on the seed, dev/test do not."""
+    if settings.task == "webnlg":
+        return load_webnlg_task(settings, tokenizer, max_length)
     splits: dict[str, list[E2EExample]] = {
         split: with_source(load_e2e(split), settings.source) for split in ("train", "dev", "test")
     }
     labels: tuple[str, ...] = ()
+    seen: list[Any] = []
+    unseen: list[Any] = []
+    valid_items: Sequence[Any] = []
     if settings.task == "e2e":
         train_items: Sequence[Any] = splits["train"]
         dev, test = splits["dev"], splits["test"]
+        if settings.unseen:  # these values never train; test splits into MRs without and with them
+            slot, values = parse_unseen(settings.unseen)
+            has = lambda ex: ex.slots.get(slot) in values  # noqa: E731
+            train_items = [ex for ex in train_items if not has(ex)]
+            dev = [ex for ex in dev if not has(ex)]
+            seen, unseen = [ex for ex in test if not has(ex)], [ex for ex in test if has(ex)]
+        if settings.select == "heldout":  # a fixed slice of training MRs, never drawn for training
+            order = list(range(len(train_items)))
+            random.Random("finetune-heldout").shuffle(order)
+            chosen = set(order[:HELDOUT_MRS])
+            valid_items = [ex for i, ex in enumerate(train_items) if i in chosen]
+            train_items = [ex for i, ex in enumerate(train_items) if i not in chosen]
+        elif settings.select == "dev":
+            valid_items = dev
     else:
         if settings.task == "rating":
             tasks = {s: rating_task(examples) for s, examples in splits.items()}
@@ -202,6 +260,7 @@ def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int)
         labels = tasks["train"].labels
         train_items = list(tasks["train"].examples)
         dev, test = list(tasks["dev"].examples), list(tasks["test"].examples)
+        valid_items = dev if settings.select == "dev" else []
     by_pair = settings.task == "e2e" and settings.train_unit == "pair"
     if by_pair:  # a unit is one (MR, reference) pair, as a row of the E2E CSV
         train_items = flatten_pairs(train_items)
@@ -214,6 +273,13 @@ def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int)
         encoded = [ex for ex in encoded if len(ex[0]) <= max_length]
     else:
         encoded = encode_pairs(tokenizer, pairs, max_length=max_length)
+    valid_pairs = flatten_pairs(valid_items) if settings.task == "e2e" else list(valid_items)
+    valid_pairs = evenly_spaced(valid_pairs, VALID_PAIRS)
+    if settings.probe:
+        valid = [probe_example(tokenizer, source, labels.index(label)) for source, label in valid_pairs]
+        valid = [ex for ex in valid if len(ex[0]) <= max_length]
+    else:
+        valid = encode_pairs(tokenizer, valid_pairs, max_length=max_length)
     note = ""
     if settings.eval_size is not None and settings.eval_size < len(dev):
         unit = "MRs" if settings.task == "e2e" else "examples"
@@ -227,7 +293,44 @@ def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int)
         train_units=len(train_items),
         dropped=len(pairs) - len(encoded),
         eval_note=note,
+        valid=valid,
+        seen=evenly_spaced(seen, settings.eval_size),
+        unseen=evenly_spaced(unseen, settings.eval_size),
     )
+
+
+def load_webnlg_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int) -> TaskData:
+    """WebNLG 2017 (through ``TINYPFT_DATA``): train on the training entries (the 10 seen
+    categories), validate on dev, score ``seen`` and ``unseen`` test categories (``test`` is both).
+    Only entries whose linearized triples take at most ``WEBNLG_MAX_SOURCE`` tokens are used."""
+
+    def entries(split: str, category_set: str = "all") -> list[tuple[str, tuple[str, ...]]]:
+        examples = load_webnlg(split, category_set=category_set)
+        out = [(linearize_triples(ex.triples), ex.refs) for ex in examples if ex.refs]
+        return [(src, refs) for src, refs in out if len(source_ids(tokenizer, src)) <= WEBNLG_MAX_SOURCE]
+
+    train = [(src, ref) for src, refs in entries("train") for ref in refs]
+    encoded = encode_pairs(tokenizer, train, max_length=max_length)
+    dev = entries("dev")
+    valid = []
+    if settings.select == "dev":
+        dev_pairs = evenly_spaced([(src, ref) for src, refs in dev for ref in refs], VALID_PAIRS)
+        valid = encode_pairs(tokenizer, dev_pairs, max_length=max_length)
+    seen, unseen = entries("test", "seen"), entries("test", "unseen")
+    n = settings.eval_size
+    return TaskData(
+        task="webnlg", train=encoded, dev=evenly_spaced(dev, n),
+        test=evenly_spaced(seen, n) + evenly_spaced(unseen, n), train_units=len(train),
+        dropped=len(train) - len(encoded), eval_note=f"entries of at most {WEBNLG_MAX_SOURCE} source tokens",
+        valid=valid, seen=evenly_spaced(seen, n), unseen=evenly_spaced(unseen, n),
+    )
+
+
+@functools.lru_cache(maxsize=4)
+def reference_token_counts(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """Token counts over the E2E training references as pretraining reads them, specials 0: the
+    pool of prompt tuning's sampled-vocabulary initialization (computed once per tokenizer)."""
+    return tuple(corpus_token_counts(tokenizer, load_e2e("train")))
 
 
 def probe_example(tokenizer: Tokenizer, source: str, label: int) -> tuple[list[int], list[int]]:
@@ -351,9 +454,7 @@ def prepare(
     manual_seed(settings.seed)  # the method's initialization (and a probe's head) draws from here
     if settings.probe:
         base.add_classification_head(len(data.label_words))
-    counts = None
-    if settings.method == "prompt":
-        counts = np.bincount(np.concatenate([ids for ids, _ in data.train]), minlength=base.config.vocab_size)
+    counts = reference_token_counts(tokenizer) if settings.method == "prompt" else None
     config = peft_config(
         settings.method,
         classification=settings.classification,
@@ -386,10 +487,14 @@ def make_train_config(settings: FinetuneSettings, n_train: int, pad_id: int) -> 
     steps = settings.steps
     if steps is None:
         steps = settings.epochs * -(-n_train // settings.batch_size)
+    select = {}
+    if settings.select:  # validate every tenth of the run; keep the step with the lowest loss
+        select = dict(eval_every=settings.eval_every or max(1, steps // 10), keep_best=True,
+                      best_metric="loss", best_mode="min")
     return TrainConfig(
         lr=lr, warmup_steps=round(settings.warmup_ratio * steps), schedule="linear", max_steps=steps,
         batch_size=settings.batch_size, grad_clip=1.0, seed=settings.seed, progress=settings.progress,
-        pad_id=pad_id,
+        pad_id=pad_id, **select,
     )
 
 
@@ -405,6 +510,7 @@ def fit(
     """
     if run.train_config is not None:
         loss_fn = probe_loss if run.settings.probe else infix_batch_loss if run.infix else lm_batch_loss
+        valid = run.data.valid if run.settings.select else None
         extra: dict[str, Any] = {}
         if state_dir is not None:
             run.train_config = dataclasses.replace(
@@ -412,7 +518,8 @@ def fit(
             )
             extra["resume"] = resume
         run.result = trainer(
-            run.model, run.data.train, run.train_config, loss_fn=loss_fn, callback=callback, **extra
+            run.model, run.data.train, run.train_config, eval_examples=valid, loss_fn=loss_fn,
+            callback=callback, **extra
         )
     if run.settings.method == "prefix":
         run.model.merge()  # inference form: what the adapter stores is what gets evaluated
@@ -421,11 +528,14 @@ def fit(
 
 
 def evaluate(run: Run, split: str) -> dict[str, Any]:
-    """Dev or test metrics: BLEU, SER (e2e) or accuracy (classification)."""
-    examples = run.data.dev if split == "dev" else run.data.test
+    """Metrics on ``split`` (dev, test; with unseen values also seen and unseen): BLEU, SER (e2e), or
+    accuracy and how often each class was predicted (classification)."""
+    if split not in ("dev", "test", "seen", "unseen"):
+        raise ValueError(f"split must be dev, test, seen or unseen, got {split!r}")
+    examples = getattr(run.data, split)
     s = run.settings
     start = time.perf_counter()
-    if s.task == "e2e":
+    if s.task in GENERATION_TASKS:
         model = InfixAtSeparator(run.model) if run.infix else run.model
         scores = evaluate_generation(
             model, run.tokenizer, examples, max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size,
@@ -439,7 +549,8 @@ def evaluate(run: Run, split: str) -> dict[str, Any]:
         gold = np.array([run.data.label_words.index(label) for _, label in examples])
         label_ids = None if s.probe else label_token_ids(run.tokenizer, run.data.label_words)
         predicted = classify(run.model, run.tokenizer, sources, label_ids, run.infix, s.eval_batch_size)
-        metrics = {"accuracy": float((predicted == gold).mean()), "n": len(examples)}
+        metrics = {"accuracy": float((predicted == gold).mean()), "n": len(examples),
+                   "class_counts": np.bincount(predicted, minlength=len(run.data.label_words)).tolist()}
     metrics["seconds"] = time.perf_counter() - start
     run.evals[split] = metrics
     return metrics
@@ -466,11 +577,15 @@ def summarize(run: Run) -> dict[str, Any]:
         "stored_floats": stored.num_floats,
         "dev": run.evals.get("dev"),
         "test": run.evals.get("test"),
+        **{split: run.evals[split] for split in ("seen", "unseen") if split in run.evals},
         "eval_note": run.data.eval_note,
         "train_seconds": result.seconds if result else 0.0,
         "steps": result.steps if result else 0,
         "tokens_per_sec": result.tokens_per_sec if result else 0.0,
+        "first_train_loss": float(np.mean(result.train_loss[:10])) if result else None,
         "final_train_loss": float(np.mean(result.train_loss[-20:])) if result else None,
+        "best_step": result.best["step"] if result and result.best else None,
+        "valid_loss": result.best["loss"] if result and result.best else None,
         "train_examples": len(run.data.train),
         "train_units": run.data.train_units,
         "train_examples_dropped": run.data.dropped,
@@ -515,7 +630,7 @@ def sweep_lr(
     if not lrs:
         raise ValueError("sweep_lr: no learning rates")
     tokenizer = tokenizer or load_tokenizer()
-    key = "bleu" if settings.task == "e2e" else "accuracy"
+    key = "bleu" if settings.task in GENERATION_TASKS else "accuracy"
     data, best, sweep = None, None, []
     for lr in lrs:
         run = fit(prepare(dataclasses.replace(settings, lr=lr), tokenizer, data))
@@ -554,7 +669,7 @@ def finetune_command(s: FinetuneSettings) -> str:
             "--seed", str(s.seed), "--batch-size", str(s.batch_size)]
     args += ["--source", s.source] if s.source != "table" else []
     args += ["--train-unit", s.train_unit] if s.train_unit != "mr" else []
-    args += ["--max-new-tokens", str(s.max_new_tokens)] if s.task == "e2e" else []
+    args += ["--max-new-tokens", str(s.max_new_tokens)] if s.task in GENERATION_TASKS else []
     args += ["--steps", str(s.steps)] if s.steps is not None else ["--epochs", str(s.epochs)]
     optional = {
         "--lr": s.lr, "--train-size": s.train_size, "--eval-size": s.eval_size, "--checkpoint": s.checkpoint,

@@ -75,6 +75,14 @@ def method_defaults(method: str) -> Defaults:
     return DEFAULTS[method]
 
 
+# Real words a prefix starts from ("real_words") or takes its scale from ("activation_scale"):
+# running text of the kind the pretraining corpus holds, tiled or truncated to P tokens.
+PREFIX_INIT_TEXT = "The restaurant is a family friendly coffee shop in the city centre near the river"
+# Prompt tuning's "sampled_vocab" pool: the most frequent pretraining tokens (the paper: 5,000 of
+# T5's 32,000; here 500 of the 1,699 non-special tokens the E2E training references use).
+SAMPLED_VOCAB_TOP_K = 500
+
+
 def peft_config(
     method: str,
     *,
@@ -93,9 +101,11 @@ def peft_config(
     """The PeftConfig of ``method``, with its defaults where an option is None.
 
     ``mode``, ``prefix_projection`` and ``encoder_hidden_size`` are Prefix-Tuning's; ``init``
-    chooses Prefix-Tuning's ("random", "real_words") or Prompt-Tuning's initialization (e.g.
-    "sampled_vocab", which draws from the tokens ``token_counts`` counts, or "class_labels",
-    which uses ``label_words``). ``init_text`` feeds the "real_words" and "text" inits. ``seed``
+    chooses Prefix-Tuning's ("random", "real_words", "activation_scale") or Prompt-Tuning's
+    initialization (e.g. "sampled_vocab", which draws from the ``SAMPLED_VOCAB_TOP_K`` tokens
+    ``token_counts`` counts most often, or "class_labels", which uses ``label_words``).
+    ``init_text`` feeds the "real_words", "activation_scale" and "text" inits (a prefix's default:
+    ``PREFIX_INIT_TEXT``). ``seed``
     draws random_subset's entries (the run's seed, so seeds differ in the subset too).
     """
     spec = method_defaults(method)
@@ -114,7 +124,7 @@ def peft_config(
                 spec.encoder_hidden_size if encoder_hidden_size is None else encoder_hidden_size
             ),
             init=init or "random",
-            init_text=init_text,
+            init_text=init_text or (PREFIX_INIT_TEXT if init in ("real_words", "activation_scale") else None),
             mode=mode,
             tokenizer=tokenizer,
         )
@@ -131,4 +141,5 @@ def peft_config(
         class_labels=[tokenizer.encode_target(w) for w in label_words] if init == "class_labels" else None,
         tokenizer=tokenizer,
         token_counts=token_counts,
+        sample_top_k=SAMPLED_VOCAB_TOP_K,
     )

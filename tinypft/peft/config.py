@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 BITFIT_COMPONENTS: tuple[str, ...] = ("q", "k", "v", "o", "fc_in", "fc_out", "ln_1", "ln_2", "ln_f")
 BITFIT_ALIASES: dict[str, tuple[str, ...]] = {"ln": ("ln_1", "ln_2", "ln_f")}  # "ln": every LayerNorm beta
 PREFIX_MODES: tuple[str, ...] = ("prefix", "infix", "embedding_only")
-PREFIX_INITS: tuple[str, ...] = ("random", "real_words")
+PREFIX_INITS: tuple[str, ...] = ("random", "real_words", "activation_scale")
 PROMPT_INITS: tuple[str, ...] = ("uniform", "sampled_vocab", "class_labels", "text", "random_normal")
 SUBSET_COMPONENTS: tuple[str, ...] = ("q", "k", "v", "o", "fc_in", "fc_out")
 
@@ -113,8 +113,9 @@ class PrefixTuningConfig(PeftConfig):
     prefix_projection: train through the reparameterization Embedding(P, d) -> Linear(d, k) -> tanh
         -> Linear(k, 2 L d) (the paper's stable way); False optimizes the prefix (P, 2 L d) directly.
     encoder_hidden_size: k, the MLP's hidden width (512 in the paper's table-to-text runs).
-    init: "random" (N(0, 1), as Hugging Face PEFT) or "real_words": the frozen LM's own keys and
-        values on the tokens of ``init_text`` (ids tiled or truncated to P).
+    init: "random" (N(0, 1), as Hugging Face PEFT), "real_words": the frozen LM's own keys and
+        values on the tokens of ``init_text`` (ids tiled or truncated to P), or "activation_scale":
+        random with the root mean square those activations have, per layer and keys/values.
     init_text: token ids, or a string together with ``tokenizer``.
     mode: "prefix" (every token sees the prefix), "infix" ([x; INFIX; y]: only the tokens from a
         given index on see it) or "embedding_only" (P free vectors at the input, which the frozen
@@ -136,8 +137,8 @@ class PrefixTuningConfig(PeftConfig):
         _check_positive("PrefixTuningConfig", "encoder_hidden_size", self.encoder_hidden_size)
         _check_choice("PrefixTuningConfig", "mode", self.mode, PREFIX_MODES)
         _check_choice("PrefixTuningConfig", "init", self.init, PREFIX_INITS)
-        if self.init == "real_words" and self.init_text is None:
-            raise ValueError("PrefixTuningConfig: init='real_words' needs init_text (token ids or a string)")
+        if self.init in ("real_words", "activation_scale") and self.init_text is None:
+            raise ValueError(f"PrefixTuningConfig: init={self.init!r} needs init_text (token ids or text)")
 
 
 @dataclass

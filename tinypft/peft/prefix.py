@@ -34,6 +34,10 @@ Variants (``PrefixTuningConfig``):
   real text (for embedding_only: those tokens' embeddings), so the model starts exactly as if
   the text preceded the input. With the MLP, the output layer is solved so that the MLP's first
   output equals those activations (exact when k >= P).
+* ``init="activation_scale"``: P_theta starts random, N(0, s^2) with s the root mean square of the
+  frozen LM's own keys (or values) of that layer on the tokens of a real text: random, but at the
+  scale real activations have (about 0.3-0.6 here, where N(0, 1) would be twice to three times
+  too large).
 """
 
 from __future__ import annotations
@@ -190,10 +194,13 @@ class PrefixTuningModel(PeftModel):
             )
 
     def initialize_adapter(self) -> None:
-        """``init="real_words"``: start from the frozen LM's activations on ``init_text``
-        (``init="random"`` keeps the encoder's own random start)."""
+        """``init="real_words"``: start from the frozen LM's activations on ``init_text``;
+        ``"activation_scale"``: random at their scale (``init="random"`` keeps the encoder's own
+        random start)."""
         if self.peft_config.init == "real_words":
             self.prefix_encoder.initialize_to(self.real_word_prefix())
+        elif self.peft_config.init == "activation_scale":
+            self.prefix_encoder.initialize_to(self.activation_scale_prefix())
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -210,6 +217,17 @@ class PrefixTuningModel(PeftModel):
             return self.base_model.wte.weight.data[ids].copy()  # (P, d)
         keys, values = frozen_lm_key_values(self.base_model, ids)  # L x (1, H, P, d_h)
         return flatten_key_values(keys, values)  # (P, 2 L d)
+
+    def activation_scale_prefix(self) -> np.ndarray:
+        """A random prefix matrix (P, width) whose every layer's keys (and values) have the root mean
+        square of the real-word prefix's: N(0, 1) draws scaled per (layer, K or V) block."""
+        real = self.real_word_prefix()  # (P, width)
+        P, width = real.shape
+        blocks = 1 if self.mode == "embedding_only" else 2 * self.base_model.config.n_layers
+        real = real.reshape(P, blocks, width // blocks)  # (P, 2L, d): L0K, L0V, L1K, ...
+        rms = np.sqrt((real.astype(np.float64) ** 2).mean(axis=(0, 2), keepdims=True))  # (1, 2L, 1)
+        noise = get_rng().standard_normal(real.shape)  # (P, 2L, d)
+        return (noise * rms).reshape(P, width).astype(real.dtype)  # (P, width)
 
     # ------------------------------------------------------------------ what the model sees
     def prefix_key_values(self) -> list[KVPair]:

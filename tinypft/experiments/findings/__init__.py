@@ -22,10 +22,10 @@ chose.
 
 from .experiments import EXPERIMENTS, Experiment, run_experiments
 from .report import write_results
-from .runs import BUDGETS, Budget, Context, Row, RunSpec, execute
-from .verdicts import Stat, compare, sentence, stat, summarize_rows
+from .runs import BUDGETS, Budget, Context, NeedsRuns, Row, RunSpec, execute
+from .verdicts import Stat, Verdict, compare, judge, stat, summarize_rows
 
 __all__ = [
-    "BUDGETS", "EXPERIMENTS", "Budget", "Context", "Experiment", "Row", "RunSpec", "Stat", "compare",
-    "execute", "run_experiments", "sentence", "stat", "summarize_rows", "write_results",
+    "BUDGETS", "EXPERIMENTS", "Budget", "Context", "Experiment", "NeedsRuns", "Row", "RunSpec", "Stat",
+    "Verdict", "compare", "execute", "judge", "run_experiments", "stat", "summarize_rows", "write_results",
 ]

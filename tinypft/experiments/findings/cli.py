@@ -28,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=path_arg,
                         help="the runs' cache file (default runs/findings[-quick]/cache.json)")
     parser.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (see tinypft.threads)")
+    parser.add_argument("--jobs", type=positive_int, default=2,
+                        help="runs at once, each in its own process on one BLAS thread (default 2)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--checkpoint", type=path_arg,
                         help=argparse.SUPPRESS)  # tests: a checkpoint folder of their own
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--cache {cache} is a folder; give a file name")
     command = ["tinypft", "findings"] + (["--quick"] if quick else [])
     command += ["--only", args.only] if args.only else []
-    command += ["--seeds", ",".join(map(str, seeds)), "--size", args.size, "--threads", str(args.threads)]
+    command += ["--seeds", ",".join(map(str, seeds)), "--size", args.size, "--threads", str(args.threads),
+                "--jobs", str(args.jobs)]
     command += (["--out", args.out] if args.out else []) + (["--cache", args.cache] if args.cache else [])
     budget = BUDGETS["quick" if quick else "default"]
     print(f"findings, {budget.name} budget: {budget.describe()}; seeds {list(seeds)}; cache {cache}")
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     with num_threads(args.threads):
         ctx = Context(budget, seeds, args.size, cache, checkpoint=args.checkpoint,
                       progress=not args.no_progress)
-        skipped = run_experiments([EXPERIMENTS[n] for n in names], ctx)
+        skipped = run_experiments([EXPERIMENTS[n] for n in names], ctx, jobs=args.jobs)
         written = write_results(list(EXPERIMENTS.values()), ctx, out, shlex.join(command),
                                 skipped, time.perf_counter() - start)
     for message in skipped:

@@ -1,5 +1,6 @@
-"""The report of ``tinypft findings``: a Markdown table and the verdicts per experiment, written to
-``results.md``, and the same numbers as JSON in ``results/findings.json``."""
+"""The report of ``tinypft findings``: the paper against tinypft in one table, then per experiment
+a Markdown table of its rows and its verdicts, written to ``results.md``; the same numbers as JSON
+in ``results/findings.json``."""
 
 from __future__ import annotations
 
@@ -11,52 +12,60 @@ from typing import Any
 
 from ...serialization import atomic_write_bytes
 from ..report import write_json
-from .experiments import Experiment
-from .runs import Context, Row
-from .verdicts import Summary, constant_answer_note, digits, metric_label, summarize_rows
+from .experiments import Experiment, sweep_note
+from .runs import Context, NeedsRuns, Row
+from .verdicts import Summary, Verdict, digits, metric_label, summarize_rows
 
 PROMPT_TASK_NOTE = (
-    "The prompt experiments use the `rating` task (a reference -> low | average | high): class-label "
-    "initialization needs label words, and ensembles vote over classes; a classification run is also "
-    "scored without generation, so more of them fit the budget."
+    "The prompt experiments use the `rating` task (an E2E reference -> low | average | high, the words "
+    "the pretraining corpus uses for the customer rating): class-label initialization needs label words, "
+    "and ensembles vote over classes; a classification run is scored without generation, so more of them "
+    "fit the budget."
 )
 
 
 def table(rows: Sequence[Row], summary: Summary, task: str) -> str:
-    """A Markdown table: trainable parameters, dev and test metrics (mean ± sd), the per-seed test values."""
-    e2e = ["dev_bleu", "dev_ser", "test_bleu", "test_ser"]
-    keys = e2e if task == "e2e" else ["dev_accuracy", "test_accuracy"]
-    if task == "e2e" and all("extrap_bleu" in summary[r.label] for r in rows):
-        keys += ["extrap_bleu", "extrap_ser"]
-    main = keys[2] if task == "e2e" else keys[1]
-    header = ["run", "trainable", *map(metric_label, keys), f"{metric_label(main)} per seed", "train s"]
+    """A Markdown table: trainable parameters, the learning rate, dev and test metrics (mean ± sd),
+    the per-seed values of the main test metric, and the training seconds."""
+    if task == "e2e":
+        keys = ["dev_bleu", "dev_ser", "test_bleu", "test_ser"]
+        if all("unseen_bleu" in summary[r.label] for r in rows if r.label != "frozen"):
+            keys = ["dev_bleu", "seen_bleu", "seen_ser", "unseen_bleu", "unseen_ser"]
+    else:
+        keys = ["dev_accuracy", "test_accuracy"]
+    main = keys[-2] if task == "e2e" else keys[-1]
+    header = ["run", "trainable", "lr", *map(metric_label, keys), f"{metric_label(main)} per seed", "train s"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     for row in rows:
         s = summary[row.label]
-        cells = [row.label, f"{s['trainable_params'].mean:,.0f}"]
+        lr = row.specs[0].settings.lr
+        cells = [row.label, f"{s['trainable_params'].mean:,.0f}", f"{lr:.0e}" if lr else "-"]
         cells += [s[k].show(digits(k)) if k in s else "-" for k in keys]
-        cells += [", ".join(f"{v:.{digits(main)}f}" for v in s[main].values)]
+        cells += [", ".join(f"{v:.{digits(main)}f}" for v in s[main].values) if main in s else "-"]
         cells += [f"{s['train_seconds'].mean:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-
 @dataclass
 class Section:
-    """One experiment's part of the report: its Markdown, its JSON entry (None when it did not run)
-    and the wall seconds of the runs it reports, by digest (a run shared by experiments counts once)."""
+    """One experiment's part of the report: its Markdown, its verdicts and JSON entry (None when it
+    did not run) and the wall seconds of the runs it reports, by digest (a shared run counts once)."""
 
     markdown: str
+    verdicts: list[Verdict] = field(default_factory=list)
     data: dict[str, Any] | None = None
     run_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def experiment_section(exp: Experiment, ctx: Context, skipped: Sequence[str]) -> Section:
-    """The claim, the table and the verdicts of ``exp``; or, while a run is missing, how to run it."""
+    """The claim, the table, the learning rates chosen and the verdicts of ``exp``; or, while a run
+    is missing, how to run it."""
     note = next((m for m in skipped if m.startswith(exp.name + ":")), None)
     try:
         rows = None if note else exp.rows(ctx)
+    except NeedsRuns:
+        rows = None
     except (ValueError, FileNotFoundError) as err:  # e.g. a checkpoint that does not load yet
         rows, note = None, str(err).replace(f"{Path.cwd()}/", "")
     summary = summarize_rows(rows, ctx) if rows else None
@@ -65,17 +74,36 @@ def experiment_section(exp: Experiment, ctx: Context, skipped: Sequence[str]) ->
         why = note or "not all of its runs are in the cache"
         return Section(f"{head}\nNot run ({why}): `tinypft findings --only {exp.name}`.\n")
     verdicts = exp.verdict(summary, ctx, rows)
-    if exp.task != "e2e":
-        verdicts += constant_answer_note(rows, summary, ctx)
     run_seconds = {spec.digest: ctx.record(spec)["wall_seconds"] for row in rows for spec in row.specs}
-    bullets = "\n".join(f"* {v}" for v in verdicts)
+    sweeps = [sweep_note(row) for row in rows if row.sweep]
+    chosen = "\nLearning rates chosen on the validation loss: " + "; ".join(sweeps) + ".\n" if sweeps else ""
+    bullets = "\n".join(f"* {v.text()}" for v in verdicts)
     data = {
-        "claim": exp.claim, "source": exp.claim_source, "task": exp.task, "verdicts": verdicts,
-        "rows": {label: {k: dataclasses.asdict(v) for k, v in stats.items()}
-                 for label, stats in summary.items()},
+        "claim": exp.claim, "source": exp.claim_source, "task": exp.task,
+        "verdicts": [dataclasses.asdict(v) for v in verdicts],
+        "rows": {label: {k: dataclasses.asdict(v) for k, v in stats.items()} for label,
+                 stats in summary.items()},
         "runs": {row.label: [spec.digest for spec in row.specs] for row in rows},
+        "learning_rates": {row.label: {"chosen": row.specs[0].settings.lr, "tried": row.sweep}
+                           for row in rows if row.sweep},
     }
-    return Section(f"{head}\n{table(rows, summary, exp.task)}\n\n{bullets}\n", data, run_seconds)
+    return Section(f"{head}\n{table(rows, summary, exp.task)}\n{chosen}\n{bullets}\n", verdicts, data,
+                   run_seconds)
+
+
+def overview(experiments: Sequence[Experiment], sections: Sequence[Section]) -> list[str]:
+    """The paper against tinypft: one line per verdict, with the paper's claim and our numbers."""
+    lines = ["## The paper against tinypft", "", "| finding | the paper | tinypft | verdict |",
+             "|---|---|---|---|"]
+    for exp, section in zip(experiments, sections):
+        if not section.verdicts:
+            lines.append(f"| {exp.name} | {exp.claim} | not run | - |")
+            continue
+        for i, v in enumerate(section.verdicts):
+            paper = exp.claim if i == 0 else "〃"
+            numbers = v.numbers.replace("|", "/")
+            lines.append(f"| {exp.name}: {v.claim} | {paper} | {numbers} | **{v.status}** |")
+    return lines + [""]
 
 
 def introduction(ctx: Context, command: str, run_seconds: float, runs: int, seconds: float) -> list[str]:
@@ -83,32 +111,35 @@ def introduction(ctx: Context, command: str, run_seconds: float, runs: int, seco
     return [
         "# Results: the papers' findings at mini scale",
         "",
-        "Every number here was computed by the command below; nothing is typed in by hand, and the verdict "
-        "under each table is computed from the table's numbers.",
+        "Every number here was computed by the command below; nothing is typed in by hand, and each verdict "
+        "is computed from its table's numbers by the rules of `tinypft/experiments/findings/verdicts.py`.",
         "",
         "```bash",
         command,
         "```",
         "",
         f"Model: the shipped `{ctx.size}` checkpoint (the `prompt_scale` rows: each size's). Budget per run: "
-        f"{ctx.budget.describe()}. Seeds: {', '.join(map(str, ctx.seeds))} (the frozen model trains nothing, "
-        f"so it runs once). The runs reported took {run_seconds / 60:.0f} minutes of training and scoring "
-        f"({runs} runs; this call {seconds / 60:.1f} minutes, cached runs are not repeated).",
+        f"{ctx.budget.describe()}. Seeds: {', '.join(map(str, ctx.seeds))} (the prompt ensemble: five; the "
+        f"frozen model trains nothing, so it runs once). The {runs} runs reported took "
+        f"{run_seconds / 3600:.1f} hours of training and scoring, one BLAS thread each (this call: "
+        f"{seconds / 3600:.1f} hours; cached runs are not repeated).",
         "",
-        "Each cell is the mean ± the sample standard deviation over seeds; the per-seed values of the test "
-        "metric follow. Dev and test are fixed, evenly spaced subsets of the splits. A difference counts "
-        "when it exceeds sqrt(sd_a² + sd_b²), the spread of a difference of two single runs; "
-        "**Inconclusive** means it does not. Where a choice is made (random_subset's learning rate, the "
-        "best length) it is made on dev. BLEU is corpus BLEU against all references of an MR; SER is the "
-        "slot error rate.",
+        "Each cell is the mean ± the sample standard deviation over seeds; the per-seed values of the main "
+        "test metric follow. Dev and test are fixed, evenly spaced subsets of the splits. BLEU is corpus "
+        "BLEU against all references of an MR; SER is the slot error rate (missing plus invented values per "
+        "MR slot: above 1 means more errors than slots). A learning rate is chosen among the method's "
+        "default times 1/3, 1 and 3 on the first seed's validation loss (dev; with little data a held-out "
+        "slice of the training MRs), and every run keeps the step with the lowest validation loss.",
+        "",
+        "The verdicts: **Reproduced** or **Not reproduced** when the difference exceeds sqrt(sd_a² + sd_b²), "
+        "the spread of a difference of two single runs; **Inconclusive** when it does not; **No evidence** "
+        "when a row compared did not learn the task (its test SER does not beat the frozen model's, or it "
+        "answers one class), or, for extrapolation, when the two rows already differ on the seen data.",
         "",
         PROMPT_TASK_NOTE,
         "",
-        "These are models of 0.1-5M parameters trained for at most a thousand steps: a finding that does not "
-        "reproduce here says something about this scale and budget, not about the paper. "
-        "[scale.md](scale.md) (`tinypft scale`) asks how far the same architecture gets on the real E2E data "
-        "when it is pretrained on the E2E references, and whether PyTorch, training the same recipe, gets "
-        "further.",
+        "These are models of 0.1-5M parameters pretrained on 40,000 restaurant descriptions: a finding that "
+        "does not reproduce here says something about this scale, not about the paper.",
         "",
     ]
 
@@ -121,8 +152,8 @@ def write_results(experiments: Sequence[Experiment], ctx: Context, out: Path, co
     run_seconds = sum(used.values())
     md = out / "results.md"
     md.parent.mkdir(parents=True, exist_ok=True)
-    lines = introduction(ctx, command, run_seconds, len(used), seconds) + [s.markdown for s in sections]
-    atomic_write_bytes(md, "\n".join(lines).encode("utf-8"))
+    lines = introduction(ctx, command, run_seconds, len(used), seconds) + overview(experiments, sections)
+    atomic_write_bytes(md, "\n".join(lines + [s.markdown for s in sections]).encode("utf-8"))
     data = {exp.name: s.data for exp, s in zip(experiments, sections) if s.data is not None}
     payload = {"command": command, "budget": dataclasses.asdict(ctx.budget), "seeds": list(ctx.seeds),
                "size": ctx.size, "run_seconds": run_seconds, "experiments": data}

@@ -3,6 +3,12 @@ where it runs and where its record is kept (``Context``), and ``execute``, which
 
 A run's record is cached under ``RunSpec.digest``, the hash of its settings as canonical JSON, so an
 interrupted call resumes and a run that several experiments share is trained once.
+
+Learning rates are chosen, never assumed: ``Context.tuned`` builds a row whose learning rate is the
+one, among a few around the method's default, that gives the lowest validation loss on the first
+seed (dev for the full data, a held-out slice of the training MRs for little data). Until those
+sweep runs are in the cache it raises ``NeedsRuns`` with them, and ``run_experiments`` runs them
+first. Every run keeps the step with the lowest validation loss, so the budget is chosen the same way.
 """
 
 from __future__ import annotations
@@ -10,18 +16,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...data import extrapolation_split, load_tokenizer, with_source
+from tqdm.auto import tqdm
+
+from ...data import load_tokenizer
 from ...peft import BitFitConfig, bias_change, get_peft_model
 from ...peft.model import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
 from ...serialization import atomic_directory, read_json
-from ...train.metrics import evaluate_generation
-from ..finetune import FinetuneSettings, evaluate, evenly_spaced, fit, prepare, summarize
+from ...threads import num_threads
+from ..finetune import GENERATION_TASKS, FinetuneSettings, evaluate, fit, prepare, summarize
+from ..methods import method_defaults
 from ..report import write_json
 
 ADAPTER_FILES = (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME)
@@ -29,40 +40,54 @@ ADAPTER_FILES = (ADAPTER_WEIGHTS_NAME, ADAPTER_CONFIG_NAME)
 
 @dataclass(frozen=True)
 class Budget:
-    """The work per run: optimizer steps and scored examples, for generation (E2E) and classification."""
+    """The work per run: optimizer steps (the best step on the validation loss is kept), the
+    examples scored, and the learning rates a sweep tries (factors of the method's default)."""
 
     name: str
-    steps: int  # E2E
-    eval_size: int  # dev, test (and extrapolation) MRs scored, evenly spaced
+    steps: int  # E2E with all the data
+    eval_size: int  # dev and test MRs scored (and each of seen / unseen), evenly spaced
     cls_steps: int  # rating
     cls_eval_size: int  # dev and test examples
+    lowdata_epochs: int = 30  # E2E with little data: this many epochs, within the two bounds below
+    lowdata_min_steps: int = 200
+    lowdata_max_steps: int = 1000
+    lr_factors: tuple[float, ...] = (1 / 3, 1.0, 3.0)
     max_new_tokens: int = 64
 
     def describe(self) -> str:
         """One line for the report: the steps and the examples scored, per task."""
-        return (f"E2E: {self.steps} steps of batch 8, {self.eval_size} dev and {self.eval_size} test MRs, "
-                f"greedy decoding of at most {self.max_new_tokens} tokens; rating: {self.cls_steps} steps, "
-                f"{self.cls_eval_size} dev and {self.cls_eval_size} test examples")
+        return (f"E2E: {self.steps} steps of batch 8 (little data: {self.lowdata_epochs} epochs, "
+                f"{self.lowdata_min_steps}-{self.lowdata_max_steps} steps), the step with the lowest "
+                f"validation loss kept; {self.eval_size} dev and {self.eval_size} test MRs, greedy decoding "
+                f"of at most {self.max_new_tokens} tokens; rating: {self.cls_steps} steps, "
+                f"{self.cls_eval_size} dev and {self.cls_eval_size} test examples; learning rates tried: "
+                f"the method's default times {', '.join(f'{f:.3g}' for f in self.lr_factors)}")
+
+    def lowdata_steps(self, pairs: int, batch_size: int = 8) -> int:
+        """Steps for ``pairs`` training pairs: ``lowdata_epochs`` epochs, within the bounds."""
+        steps = self.lowdata_epochs * -(-pairs // batch_size)
+        return max(self.lowdata_min_steps, min(self.lowdata_max_steps, steps))
 
 
 BUDGETS: dict[str, Budget] = {
-    "default": Budget("default", steps=1000, eval_size=100, cls_steps=500, cls_eval_size=300),
-    "quick": Budget("quick", steps=3, eval_size=3, cls_steps=3, cls_eval_size=6, max_new_tokens=6),
+    "default": Budget("default", steps=1500, eval_size=200, cls_steps=400, cls_eval_size=300),
+    "quick": Budget("quick", steps=4, eval_size=3, cls_steps=4, cls_eval_size=6, lowdata_epochs=1,
+                    lowdata_min_steps=2, lowdata_max_steps=4, lr_factors=(1.0, 3.0), max_new_tokens=6),
 }
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run: its settings, plus what findings adds (a BitFit component subset, an extra split)."""
+    """One run: its settings, plus what findings adds (a BitFit component subset, whether to score)."""
 
     settings: FinetuneSettings
     components: tuple[str, ...] | None = None  # bitfit: train only these biases
-    extrap: bool = False  # also score the extrapolation split (unseen names and landmarks)
+    score: bool = True  # False for a learning-rate sweep's run: its validation loss is all it needs
 
     def key(self) -> str:
         """What the result depends on, as canonical JSON (progress bars do not count)."""
         values = dataclasses.asdict(self.settings) | {"progress": None}
-        return json.dumps({"settings": values, "components": self.components, "extrap": self.extrap},
+        return json.dumps({"settings": values, "components": self.components, "score": self.score},
                           sort_keys=True)
 
     @property
@@ -73,12 +98,20 @@ class RunSpec:
 
 @dataclass
 class Row:
-    """A table row: a label and one run per seed."""
+    """A table row: a label and one run per seed; ``sweep`` holds the learning rates tried to choose it."""
 
     label: str
     specs: list[RunSpec]
     note: str = ""
+    sweep: dict[float, float] = field(default_factory=dict)  # lr -> validation loss (first seed)
 
+
+class NeedsRuns(Exception):
+    """A row cannot be built before these runs are in the cache (a learning-rate sweep)."""
+
+    def __init__(self, specs: Sequence[RunSpec]):
+        super().__init__(f"{len(specs)} runs needed first")
+        self.specs = list(specs)
 
 
 @dataclass
@@ -100,27 +133,54 @@ class Context:
             self.cache = read_json(self.cache_path)
 
     def settings(self, method: str, seed: int, task: str = "e2e", **overrides: Any) -> FinetuneSettings:
-        """A run of ``method`` within the budget; ``overrides`` are FinetuneSettings fields."""
+        """A run of ``method`` within the budget; ``overrides`` are FinetuneSettings fields. Every
+        run keeps its best step on a validation loss: dev, or with little data a held-out slice."""
         b = self.budget
+        e2e = task in GENERATION_TASKS
         values: dict[str, Any] = dict(
             method=method, task=task, size=self.size, checkpoint=self.checkpoint, seed=seed,
-            steps=b.steps if task == "e2e" else b.cls_steps,
-            eval_size=b.eval_size if task == "e2e" else b.cls_eval_size,
-            max_new_tokens=b.max_new_tokens, progress=False,
+            steps=b.steps if e2e else b.cls_steps, eval_size=b.eval_size if e2e else b.cls_eval_size,
+            max_new_tokens=b.max_new_tokens, progress=False, select="dev" if method != "frozen" else None,
         )
         if method == "prefix" and self.budget.name == "quick":
             values["prefix_hidden"] = 16
+        if overrides.get("train_size") is not None and task == "e2e":  # little data: own steps, validation
+            values.update(train_unit="pair", select="heldout", steps=b.lowdata_steps(overrides["train_size"]))
         values.update(overrides)
         if values["size"] != self.size:  # another size: its own shipped checkpoint
             values["checkpoint"] = None
         return FinetuneSettings(**values)
 
     def row(self, label: str, method: str, seeds: Sequence[int] | None = None, components: Any = None,
-            extrap: bool = False, **overrides: Any) -> Row:
+            **overrides: Any) -> Row:
         """A table row labelled ``label``: one run of ``method`` per seed (default: every seed)."""
-        specs = [RunSpec(self.settings(method, seed, **overrides), components, extrap)
+        specs = [RunSpec(self.settings(method, seed, **overrides), components)
                  for seed in (self.seeds if seeds is None else seeds)]
         return Row(label, specs)
+
+    def default_lr(self, method: str, task: str = "e2e") -> float:
+        spec = method_defaults(method)
+        return spec.lr if task in GENERATION_TASKS else spec.classification_lr
+
+    def tuned(self, label: str, method: str, lrs: Sequence[float] | None = None,
+              seeds: Sequence[int] | None = None, components: Any = None, **overrides: Any) -> Row:
+        """A row at the learning rate, of ``lrs`` (default: the method's default times the budget's
+        factors), with the lowest validation loss on the first seed; raises ``NeedsRuns`` until
+        those sweep runs are cached."""
+        task = overrides.get("task", "e2e")
+        if lrs is None:
+            lrs = [self.default_lr(method, task) * f for f in self.budget.lr_factors]
+        first = (self.seeds if seeds is None else seeds)[0]
+        sweep = {lr: RunSpec(self.settings(method, first, lr=lr, **overrides), components, score=False)
+                 for lr in lrs}
+        missing = [s for s in sweep.values() if self.record(s) is None]
+        if missing:
+            raise NeedsRuns(missing)
+        losses = {lr: self.record(s)["valid_loss"] for lr, s in sweep.items()}
+        best = min(losses, key=lambda lr: (losses[lr] is None, losses[lr] or 0.0))
+        row = self.row(label, method, seeds=seeds, components=components, lr=best, **overrides)
+        row.sweep = losses
+        return row
 
     def record(self, spec: RunSpec) -> dict[str, Any] | None:
         """The cached record of a finished run, or None."""
@@ -134,41 +194,74 @@ class Context:
 
     def adapter_dir(self, spec: RunSpec) -> Path:
         """Where a run's adapter is kept, next to the cache (prompt runs: for the ensembles)."""
-        return self.cache_path.parent / "adapters" / spec.digest
+        return adapter_root(self.cache_path) / spec.digest
+
+    def run_all(self, specs: Sequence[RunSpec], jobs: int = 1, desc: str = "findings") -> None:
+        """Run and cache every spec that is not cached yet; ``jobs`` > 1 runs that many at once, each
+        in a process of its own on one BLAS thread (each run seeds itself: the numbers do not depend
+        on ``jobs``)."""
+        todo = list({s.digest: s for s in specs if self.record(s) is None}.values())
+        if not todo:
+            return
+        todo.sort(key=lambda s: (s.settings.task not in GENERATION_TASKS, s.settings.train_size is not None))
+        bar = tqdm(total=len(todo), unit="run", disable=not self.progress, desc=desc)
+        try:
+            if jobs == 1:
+                for spec in todo:
+                    bar.set_description(f"{desc}: {spec.settings.method} (seed {spec.settings.seed})")
+                    self.store(spec, execute(spec, self.tokenizer, self.adapter_dir(spec)))
+                    bar.update(1)
+                return
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+                futures = {pool.submit(_execute_in_worker, spec,
+                                       self.adapter_dir(spec)): spec for spec in todo}
+                for future in as_completed(futures):
+                    self.store(futures[future], future.result())
+                    bar.update(1)
+        finally:
+            bar.close()
+
+
+def adapter_root(cache_path: Path) -> Path:
+    return cache_path.parent / "adapters"
 
 
 # ----------------------------------------------------------------------------- one run
 
 
-def execute(spec: RunSpec, ctx: Context, callback: Any = None) -> dict[str, Any]:
-    """Train and score one run; the record keeps the metrics, sizes, time and provenance (no samples)."""
+def _execute_in_worker(spec: RunSpec, adapter_dir: Path) -> dict[str, Any]:
+    with num_threads(1):
+        return execute(spec, load_tokenizer(), adapter_dir)
+
+
+def execute(spec: RunSpec, tokenizer: Any, adapter_dir: Path) -> dict[str, Any]:
+    """Train and (unless it is a sweep's run) score one run; the record keeps the metrics, the
+    validation loss and its step, sizes, time and provenance (no samples)."""
     start = time.perf_counter()
-    run = prepare(spec.settings, ctx.tokenizer)
+    run = prepare(spec.settings, tokenizer)
     if spec.components:  # BitFit on a subset of components
         run.model = get_peft_model(run.model.base_model, BitFitConfig(components=spec.components))
         run.trainable_params, run.total_params = run.model.get_nb_trainable_parameters()
     before = {n: p.data.copy() for n, p in run.model.base_model.named_parameters() if n.endswith(".bias")}
-    fit(run, callback)
-    for split in ("dev", "test"):
-        evaluate(run, split)
+    fit(run)
+    if spec.score:
+        splits = ("dev", "test") + (("seen", "unseen") if spec.settings.unseen else ())
+        if spec.settings.task == "webnlg":  # test is seen + unseen
+            splits = ("dev", "seen", "unseen")
+        for split in splits:
+            evaluate(run, split)
     record = summarize(run)
-    for split in ("dev", "test"):
-        record[split] = {k: v for k, v in record[split].items() if k != "samples"}
-    if spec.extrap:
-        extrap = evenly_spaced(with_source(extrapolation_split("e2e"), spec.settings.source),
-                               spec.settings.eval_size)
-        s = spec.settings
-        scores = evaluate_generation(run.model, run.tokenizer, extrap, max_new_tokens=s.max_new_tokens,
-                                     batch_size=s.eval_batch_size, n_samples=0)
-        record["extrap"] = {k: scores[k] for k in ("bleu", "ser", "n", "seconds")}
-    if spec.settings.method == "bitfit":
+    for split in ("dev", "test", "seen", "unseen"):
+        if record.get(split):
+            record[split] = {k: v for k, v in record[split].items() if k != "samples"}
+    if spec.settings.method == "bitfit" and spec.score:
         after = {n: p.data for n, p in run.model.base_model.named_parameters() if n in before}
         changes = bias_change(before, after)
         record["bias_change"] = [[c, layer, value] for (c, layer), value in sorted(changes.items())]
-    if spec.settings.method == "prompt":  # kept for the ensembles (P x d floats)
-        with atomic_directory(ctx.adapter_dir(spec), ADAPTER_FILES) as tmp:
+    if spec.settings.method == "prompt" and spec.score:  # kept for the ensembles (P x d floats)
+        with atomic_directory(adapter_dir, ADAPTER_FILES) as tmp:
             run.model.save_pretrained(tmp)
     record.pop("environment")
     record["wall_seconds"] = time.perf_counter() - start
     return record
-
