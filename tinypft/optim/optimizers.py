@@ -50,11 +50,25 @@ class Optimizer:
 
     @no_grad()
     def step(self) -> None:
-        """Apply one update to every parameter that has a gradient."""
+        """Apply one update to every parameter that has a gradient.
+
+        Each update is an in-place change, so it bumps the parameter's version: a graph recorded
+        before the step refuses to backpropagate through the old values (``Tensor.version``).
+        A parameter its model has dropped (``Parameter.removed_by``, set by a prefix's ``merge``)
+        is an error: the step would train a tensor the model no longer reads.
+        """
         for group in self.param_groups:
             for p in group["params"]:
+                removed_by = getattr(p, "removed_by", None)
+                if removed_by is not None:
+                    raise RuntimeError(
+                        f"{type(self).__name__}.step(): a parameter of shape {p.shape} was removed from its "
+                        f"model by {removed_by}; this optimizer would train tensors the model no longer "
+                        "uses. Build a new optimizer over the model's parameters"
+                    )
                 if p.grad is not None:
                     self.update(p, p.grad, self.state.setdefault(p, {}), group)
+                    p.bump_version()
 
     def update(self, p: Tensor, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError

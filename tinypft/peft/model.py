@@ -34,8 +34,19 @@ already in it and the call passes straight through.
 Freezing works through ``requires_grad``: a frozen parameter receives no gradient, so backward
 skips its weight-gradient matmul, and an optimizer built from ``parameters()`` keeps state only
 for the trainable ones (``tinypft.optim`` filters on ``requires_grad``). ``get_peft_model`` sets
-the flags on the base model in place, like Hugging Face PEFT: build one PeftModel per base model
-when a method trains base parameters (full fine-tuning, BitFit, a head).
+the flags on the base model in place, like Hugging Face PEFT.
+
+One base model, several PeftModels: any number of methods that train none of the base model's
+parameters (prefixes, prompts, a random subset without a head) share it, each training only its
+own tensors. A method that trains base parameters (full fine-tuning, BitFit, a head) cannot
+share it: its flags would freeze or unfreeze what the others train, and its updates would change
+the base the others read. When a new PeftModel is built on a base model that such a conflicting
+PeftModel already wraps, the new one takes the base model over and the older one is retired: its
+``forward``, ``save_pretrained`` and ``set_adapter_trainable`` raise, naming the newer model.
+Refusing the new wrap instead would break the common ``run.model =
+get_peft_model(run.model.base_model, other_config)`` (the old wrapper is alive during the
+call); a copy of the base per wrapper would make ``model`` silently differ from what trains.
+To keep both: ``get_peft_model(model.copy(), config)``.
 
 Adapter files (a directory, as Hugging Face PEFT's ``save_pretrained`` writes):
 
@@ -52,6 +63,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import weakref
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +82,9 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_FORMAT = "tinypft-adapter"
 BASE_PREFIX = "base_model."
 
+# base model -> the PeftModels alive on it (weak both ways: deleting a wrapper unregisters it)
+_WRAPPERS: weakref.WeakKeyDictionary[GPT, weakref.WeakSet[PeftModel]] = weakref.WeakKeyDictionary()
+
 
 class PeftModel(Module):
     """A base GPT plus what one fine-tuning method trains.
@@ -85,8 +100,43 @@ class PeftModel(Module):
         self.base_model = base_model
         self.peft_config = peft_config
         self.trained_base: frozenset[str] = frozenset(self.trained_base_names(base_model))
+        self.superseded_by: str | None = None  # set when a newer PeftModel takes the base model over
+        self._retired: list[weakref.ref[PeftModel]] = self._claim_base()
         for name, p in base_model.named_parameters():
             p.requires_grad = name in self.trained_base
+
+    # ------------------------------------------------------------------ sharing the base model
+    def _claim_base(self) -> list[weakref.ref[PeftModel]]:
+        """Register on the base model and retire every live PeftModel on it that this one conflicts
+        with (either of the two trains base parameters); returns (weak references to) those."""
+        wrappers = _WRAPPERS.setdefault(self.base_model, weakref.WeakSet())
+        retired = [
+            w for w in wrappers if w.superseded_by is None and (w.trained_base or self.trained_base)
+        ]
+        for w in retired:
+            w.superseded_by = type(self).__name__
+        wrappers.add(self)
+        return [weakref.ref(w) for w in retired]
+
+    def _release_base(self) -> None:
+        """Undo ``_claim_base`` (a construction that is refused after all): unregister, and give the
+        PeftModels it retired their base model back."""
+        _WRAPPERS.get(self.base_model, weakref.WeakSet()).discard(self)
+        for ref in self._retired:
+            w = ref()
+            if w is not None:
+                w.superseded_by = None
+        self._retired = []
+
+    def _check_current(self, action: str) -> None:
+        """Raise when a newer PeftModel took this one's base model over (see the module docstring)."""
+        if self.superseded_by is not None:
+            raise RuntimeError(
+                f"{type(self).__name__}.{action}: its base model was wrapped again, as a "
+                f"{self.superseded_by}, which changed which base parameters train; this model no longer "
+                "trains what it was built for. Use the newer model, or keep both by wrapping a copy: "
+                "get_peft_model(model.copy(), config)"
+            )
 
     # ------------------------------------------------------------------ what trains
     def trained_base_names(self, base_model: GPT) -> list[str]:
@@ -109,6 +159,7 @@ class PeftModel(Module):
 
     def set_adapter_trainable(self, trainable: bool) -> None:
         """Unfreeze (True) or freeze (False) the method's parameters; the rest stays frozen."""
+        self._check_current("set_adapter_trainable()")
         for p in self.adapter_parameters().values():
             p.requires_grad = trainable
 
@@ -164,6 +215,7 @@ class PeftModel(Module):
         went in when the sequence started) and the call passes straight through. ``placement``
         goes to ``virtual_inputs`` (Prefix-Tuning's infix: ``infix_start``).
         """
+        self._check_current("forward()")
         with self.effective_weights():
             if cache is not None:
                 if placement:
@@ -229,6 +281,7 @@ class PeftModel(Module):
         ``include_reparam`` keeps a reparameterization (Prefix-Tuning's MLP) so training can resume;
         without it the adapter is stored in its inference form (``inference_mode: true``).
         """
+        self._check_current("save_pretrained()")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = self.trained_state_dict() if include_reparam else self.adapter_state_dict()
@@ -287,7 +340,8 @@ class PeftModel(Module):
         peft_model = model_class(base_model, peft_config)
         mismatch = _weights_mismatch(saved_base, base_model, peft_model.frozen_base_names())
         if mismatch:
-            for name, p in base_model.named_parameters():  # leave the refused base model as it was
+            peft_model._release_base()  # leave the refused base model as it was
+            for name, p in base_model.named_parameters():
                 p.requires_grad = flags[name]
             raise ValueError(f"from_pretrained({directory}): {mismatch}")
         expected = {name: (tuple(shape), None) for name, shape in record["tensors"].items()}
@@ -305,7 +359,7 @@ class PeftModel(Module):
                 f"{type(self).__name__}: adapter tensors {found} do not match the model's {expected}"
             )
         for name, array in tensors.items():
-            np.copyto(params[name].data, array, casting="same_kind")
+            params[name].copy_(array)
 
 
 class FullFinetuneModel(PeftModel):

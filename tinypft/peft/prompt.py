@@ -122,7 +122,7 @@ class PromptTuningModel(PeftModel):
     def initialize_adapter(self) -> None:
         """The soft prompt's starting value for ``peft_config.init`` (see ``initial_prompt``)."""
         wte = self.base_model.wte.weight.data  # (V, d)
-        self.soft_prompt.weight.data[...] = initial_prompt(self.peft_config, wte).astype(wte.dtype)  # (P, d)
+        self.soft_prompt.weight.copy_(initial_prompt(self.peft_config, wte).astype(wte.dtype))  # (P, d)
 
     @property
     def num_virtual_tokens(self) -> int:
