@@ -15,9 +15,10 @@ Three ideas make the whole engine:
 Gradients of inputs that do not require one are never computed: ``ctx.needs_input_grad`` tells
 each backward which of its inputs to skip, so a frozen weight costs no weight-gradient matmul.
 
-In-place changes are caught, not silently differentiated wrongly: every tensor has a version
-counter that each write through the library bumps, and ``backward`` refuses to use an array an
-op saved for it if that array's tensor was changed since the forward (see ``Tensor.version``).
+In-place changes are caught, not silently differentiated wrongly: every write through the
+library counts as a change of the tensor (its version) and of the memory it wrote, and
+``backward`` refuses to use an array an op saved for it whose memory was written since that op's
+forward (see ``Tensor.version``).
 
 Besides, this module keeps the engine's three switches: ``no_grad`` (record no graph), the default
 float dtype, and ``use_fused_kernels`` (the fast kernels of ``fused.py`` or the composed reference).
@@ -26,6 +27,7 @@ float dtype, and ``use_fused_kernels`` (the fast kernels of ``fused.py`` or the 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +44,9 @@ if TYPE_CHECKING:
 _default_dtype: np.dtype = np.dtype(np.float32)
 _grad_enabled: bool = True
 _fused_kernels: bool = True
-_changes: int = 0  # in-place changes counted so far, in all tensors together: the clock of Tensor.version
+_changes: int = 0  # in-place changes counted so far, in all tensors together: a clock
+# id of an array that owns memory -> [weak reference to it, the clock at its last counted change]
+_changed_memory: dict[int, list[Any]] = {}
 
 
 def set_default_dtype(dtype: Any) -> None:
@@ -182,8 +186,8 @@ class _Unrecorded(Context):
 class Node:
     """One recorded application of a Function: how the tensor that owns it was computed.
 
-    ``changes`` is the engine's count of in-place changes when the forward ran; a tensor changed
-    later has ``_changed_at > changes`` (see ``Tensor.version``).
+    ``changes`` is the engine's count of in-place changes when the forward ran; memory written
+    later has a larger count in ``_changed_memory`` (see ``Tensor.version``).
     """
 
     __slots__ = ("fn", "ctx", "inputs", "changes")
@@ -204,25 +208,47 @@ def _memory_owner(array: np.ndarray) -> Any:
     return array if array.base is None else array.base
 
 
-def _check_unchanged(node: Node, out: Tensor) -> None:
-    """Raise if an input of ``node``, or its output ``out``, was changed in place after the forward
-    and its memory is among the arrays the forward saved for backward (the gradient would read
-    values the forward never saw). A changed tensor whose values the backward does not read
-    (the inputs of an ``add``) is fine."""
-    tensors = (*node.inputs, out)
-    changed = [(i, t) for i, t in enumerate(tensors) if t._changed_at > node.changes]
-    if not changed:
+def _record_change(array: np.ndarray) -> None:
+    """Note that ``array``'s memory was written now (at clock ``_changes``). The entry is keyed by
+    the owner's id and dropped when the owner is freed, so the table holds live memory only."""
+    owner = array if array.base is None else array.base
+    key = id(owner)
+    entry = _changed_memory.get(key)
+    if entry is not None:  # the usual case: an optimizer writes the same parameters every step
+        entry[1] = _changes
         return
-    saved = {id(_memory_owner(v)) for v in node.ctx.saved if type(v) is np.ndarray}
-    for position, tensor in changed:
-        if id(_memory_owner(tensor._data)) in saved:
-            what = "its output" if position == len(node.inputs) else f"its input {position}"
-            raise RuntimeError(
-                f"backward(): {what} of shape {tensor.shape}, saved by {node.fn.__name__} for the gradient, "
-                f"was modified in place after the forward pass (its version is now {tensor._version}); "
-                "the gradient would use the new values. Change tensors after backward(), "
-                "or run the forward again"
-            )
+    try:
+        ref = weakref.ref(owner, lambda _, key=key: _changed_memory.pop(key, None))
+    except TypeError:  # memory owned by a non-array (a bytes buffer): kept for good
+        ref = None
+    _changed_memory[key] = [ref, _changes]
+
+
+def _check_unchanged(node: Node, out: Tensor) -> None:
+    """Raise if the memory of an array that ``node``'s forward saved for backward was written
+    since that forward: the gradient would read values the forward never saw. Changed tensors
+    whose values the backward does not read (the inputs of an ``add``) are fine."""
+    for saved in node.ctx.saved:
+        if type(saved) is not np.ndarray:
+            continue
+        owner = _memory_owner(saved)
+        entry = _changed_memory.get(id(owner))
+        if entry is None or entry[1] <= node.changes:
+            continue
+        tensors = (*node.inputs, out)
+        named = [i for i, t in enumerate(tensors) if _memory_owner(t._data) is owner]
+        if not named:
+            what = f"an array of shape {saved.shape}"
+        elif named[0] == len(node.inputs):
+            what = f"its output (shape {out.shape})"
+        else:
+            what = f"its input {named[0]} (shape {tensors[named[0]].shape})"
+        raise RuntimeError(
+            f"backward(): {node.fn.__name__} saved {what} for the gradient, and that memory was "
+            "modified in place after the forward pass (by an optimizer step, copy_, or an "
+            "assignment to .data); the gradient would use the new values. Change tensors after "
+            "backward(), or run the forward again"
+        )
 
 
 def _check_same_float_dtype(op: str, inputs: Sequence[Tensor]) -> None:
@@ -249,22 +275,23 @@ class Tensor:
 
     ``version`` counts the in-place changes made through the library: assigning ``t.data = ...``,
     augmented assignment (``t.data -= lr * g``, which assigns ``t.data`` back), ``copy_``, an
-    optimizer's ``step``, ``load_state_dict``. ``backward`` raises, naming the op, when a tensor
-    whose array an op saved for its gradient (``ctx.save_for_backward``) was changed after that
-    op's forward, instead of computing a gradient from values the forward never saw. A tensor
-    whose values its backward does not read (an input of ``add``), or whose ``.data`` was
+    optimizer's ``step``, ``load_state_dict``. Each change also marks the memory it wrote (the
+    array, or the array a view looks into) with the engine's running count of changes, and every
+    graph node remembers that count at its forward. ``backward`` raises, naming the op, when an
+    array the op saved for its gradient (``ctx.save_for_backward``) lives in memory written after
+    that forward, through this tensor or any other viewing the same memory (a ``detach()``, a
+    transpose, a slice), instead of computing a gradient from values the forward never saw. A
+    tensor whose values its backward does not read (an input of ``add``), or whose ``.data`` was
     replaced by a new array (the saved one is untouched), is fine.
 
-    The limits: a raw NumPy write into the array, ``t.data[...] = x`` or ``np.copyto(t.data, x)``,
-    goes around the tensor and is not counted (write with ``t.copy_(x)``, or call
-    ``t.bump_version()`` after such a write); and the counter belongs to the tensor, not to its
-    memory, so a write through another tensor viewing the same array (``detach()``, a slice) is
-    not counted either. The cost is one integer compared per graph node in backward.
+    The limit: a raw NumPy write into the array, ``t.data[...] = x`` or ``np.copyto(t.data, x)``,
+    goes around the tensor and is not seen; write with ``t.copy_(x)``, or call
+    ``t.bump_version()`` after such a write. The cost: one integer compared per graph node in
+    backward, and a dictionary update per change (an optimizer step makes one per parameter).
     """
 
     __array_priority__ = 1000  # so that `ndarray + Tensor` calls Tensor.__radd__
-    _version = 0  # in-place changes of this tensor (class defaults: set on the instance at its first change)
-    _changed_at = 0  # the engine's change count (``_changes``) at this tensor's last change
+    _version = 0  # in-place changes of this tensor (a class default: set on the instance at its first change)
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None):
         if isinstance(data, Tensor):
@@ -312,7 +339,7 @@ class Tensor:
         global _changes
         _changes += 1
         self._version += 1
-        self._changed_at = _changes
+        _record_change(self._data)
 
     def copy_(self, value: Any) -> Tensor:
         """Write ``value`` into this tensor's array in place (broadcast, cast to its dtype) and

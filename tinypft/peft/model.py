@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import Tensor
-from ..model import GPT, GPTOutput, KVCache
+from ..model import GPT, GPTOutput, KVCache, check_attention_mask
 from ..nn import Module, Parameter
 from ..serialization import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 from .config import PeftConfig
@@ -226,6 +226,7 @@ class PeftModel(Module):
                 return self.base_model(
                     ids, attention_mask, position_ids=position_ids, cache=cache, use_cache=use_cache
                 )
+            ids = self.base_model._check_ids(ids)  # (B, T) integers in range, else an error saying why
             mask = self.token_mask(attention_mask, ids, self.num_virtual_tokens)  # (B, T) or None
             real = np.ones(np.shape(ids), bool) if mask is None else np.asarray(mask).astype(bool)  # (B, T)
             inputs = self.virtual_inputs(real, **placement)
@@ -246,15 +247,18 @@ class PeftModel(Module):
     def token_mask(
         self, attention_mask: np.ndarray | None, ids: np.ndarray, num_virtual: int
     ) -> np.ndarray | None:
-        """The mask of the real tokens (B, T). A Hugging Face-style mask that also covers the
-        ``num_virtual`` virtual tokens in front (B, P + T) is accepted: its first P columns must be 1."""
+        """The mask of the real tokens (B, T), boolean. A Hugging Face-style mask that also covers
+        the ``num_virtual`` virtual tokens in front (B, P + T) is accepted: its first P columns must
+        be 1. Values other than 0/1 (or booleans) are refused (``check_attention_mask``)."""
         if attention_mask is None:
             return None
-        mask = np.asarray(attention_mask)
+        mask = np.asarray(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
         B, T = np.shape(ids)
+        who = type(self).__name__
         if mask.shape == (B, T):
-            return mask
+            return check_attention_mask(mask, (B, T), who)
         if num_virtual and mask.shape == (B, num_virtual + T):
+            mask = check_attention_mask(mask, mask.shape, who)
             if not mask[:, :num_virtual].all():
                 raise ValueError(
                     f"{type(self).__name__}: the {num_virtual} virtual-token columns of the mask must be 1"
@@ -320,14 +324,15 @@ class PeftModel(Module):
         from .mapping import PEFT_METHODS, config_from_dict  # here: mapping.py imports this module
 
         directory = Path(directory)
-        record = read_json(directory / ADAPTER_CONFIG_NAME)
-        if record.get("format") != ADAPTER_FORMAT:
-            raise ValueError(f"{directory}: not a tinypft adapter (format {record.get('format')!r})")
+        record = read_adapter_config(directory / ADAPTER_CONFIG_NAME)
         if sha256_file(directory / ADAPTER_WEIGHTS_NAME) != record["weights_sha256"]:
             raise ValueError(
                 f"{directory}: {ADAPTER_WEIGHTS_NAME} does not belong to this {ADAPTER_CONFIG_NAME}"
             )
-        peft_config = config_from_dict(record["peft_config"])
+        try:
+            peft_config = config_from_dict(record["peft_config"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{directory / ADAPTER_CONFIG_NAME}: peft_config: {error}") from None
         model_class = PEFT_METHODS[type(peft_config)]
         if not issubclass(model_class, cls):
             raise TypeError(f"{cls.__name__}.from_pretrained: {directory} holds a {model_class.__name__}")
@@ -377,6 +382,39 @@ class FrozenModel(PeftModel):
 
 
 # ----------------------------------------------------------------------------- fingerprints
+
+ADAPTER_RECORD_FIELDS: dict[str, type] = {
+    "format": str, "peft_config": dict, "inference_mode": bool, "base_model": dict, "tensors": dict,
+    "weights_sha256": str,
+}
+BASE_RECORD_FIELDS: dict[str, type] = {"config": dict, "parameters": dict, "frozen_weights_sha256": str}
+
+
+def read_adapter_config(path: Path) -> dict[str, Any]:
+    """``adapter_config.json`` as a dict, checked: valid JSON, a tinypft adapter, every field
+    ``save_pretrained`` writes there with the right type. Errors name the file."""
+    try:
+        record = read_json(path)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file") from None
+    if not isinstance(record, dict) or record.get("format") != ADAPTER_FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"{path}: not a tinypft adapter config (format {found!r})")
+    def problems_in(values: dict[str, Any], fields: dict[str, type], prefix: str = "") -> list[str]:
+        return [
+            f"{prefix}{name} is missing" if name not in values else f"{prefix}{name} is not a {kind.__name__}"
+            for name, kind in fields.items()
+            if not isinstance(values.get(name), kind)
+        ]
+
+    problems = problems_in(record, ADAPTER_RECORD_FIELDS)
+    if not problems:
+        problems = problems_in(record["base_model"], BASE_RECORD_FIELDS, "base_model.")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return record
 
 
 def base_model_fingerprint(model: GPT, frozen: list[str]) -> dict[str, Any]:

@@ -213,7 +213,10 @@ class PrefixTuningModel(PeftModel):
         """The prefix matrix made of the frozen LM's activations on ``init_text`` (tiled to P)."""
         config = self.peft_config
         ids = tile_ids(
-            resolve_token_ids("PrefixTuningConfig.init_text", config.init_text, config.tokenizer),
+            resolve_token_ids(
+                "PrefixTuningConfig.init_text", config.init_text, config.tokenizer,
+                self.base_model.config.vocab_size,
+            ),
             config.num_virtual_tokens,
         )  # (P,)
         if self.mode == "embedding_only":
