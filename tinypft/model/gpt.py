@@ -285,7 +285,8 @@ class GPT(Module):
             for i, pair in enumerate(kv_prefix):
                 for name, t in zip(("K", "V"), pair):
                     self._check_injected(
-                        f"kv_prefix[{i}] {name}", t, len(ids), (self.config.n_heads, P, self.config.head_dim)
+                        f"kv_prefix[{i}] {name}", t, len(ids), (self.config.n_heads, P, self.config.head_dim),
+                        note=" (P, the prefix length, is the same in every layer, for K and V)",
                     )
         if kv_prefix_start is not None:
             start = np.asarray(kv_prefix_start)
@@ -298,7 +299,9 @@ class GPT(Module):
                 )
         return ids, token_mask
 
-    def _check_injected(self, name: str, t: Tensor, B: int, rest: tuple[int | None, ...]) -> None:
+    def _check_injected(
+        self, name: str, t: Tensor, B: int, rest: tuple[int | None, ...], note: str = ""
+    ) -> None:
         """An injected tensor must be a Tensor of shape (B or 1, *rest) (None: any length P) in the
         model's dtype."""
         if not isinstance(t, Tensor):
@@ -306,7 +309,8 @@ class GPT(Module):
         expected = ("B or 1", *("P" if n is None else n for n in rest))
         fits = t.ndim == 1 + len(rest) and t.shape[0] in (1, B)
         if not fits or any(n is not None and n != m for n, m in zip(rest, t.shape[1:])):
-            raise ValueError(f"GPT: {name} has shape {t.shape}, expected ({', '.join(map(str, expected))})")
+            shape = ", ".join(map(str, expected))
+            raise ValueError(f"GPT: {name} has shape {t.shape}, expected ({shape}){note}")
         if t.dtype != self.wte.weight.dtype:
             raise TypeError(f"GPT: {name} is {t.dtype}, the model computes in {self.wte.weight.dtype}")
 
