@@ -15,6 +15,11 @@ Three ideas make the whole engine:
 Gradients of inputs that do not require one are never computed: ``ctx.needs_input_grad`` tells
 each backward which of its inputs to skip, so a frozen weight costs no weight-gradient matmul.
 
+In-place changes are caught, not silently differentiated wrongly: every write through the
+library counts as a change of the tensor (its version) and of the memory it wrote, and
+``backward`` refuses to use an array an op saved for it whose memory was written since that op's
+forward (see ``Tensor.version``).
+
 Besides, this module keeps the engine's three switches: ``no_grad`` (record no graph), the default
 float dtype, and ``use_fused_kernels`` (the fast kernels of ``fused.py`` or the composed reference).
 """
@@ -22,6 +27,7 @@ float dtype, and ``use_fused_kernels`` (the fast kernels of ``fused.py`` or the 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +44,9 @@ if TYPE_CHECKING:
 _default_dtype: np.dtype = np.dtype(np.float32)
 _grad_enabled: bool = True
 _fused_kernels: bool = True
+_changes: int = 0  # in-place changes counted so far, in all tensors together: a clock
+# id of an array that owns memory -> [weak reference to it, the clock at its last counted change]
+_changed_memory: dict[int, list[Any]] = {}
 
 
 def set_default_dtype(dtype: Any) -> None:
@@ -154,15 +163,15 @@ class Function:
                 if t._requires_grad:
                     return cls._apply_recorded(inputs, kwargs)
         ctx = _Unrecorded((False,) * len(inputs))
-        return Tensor._wrap(cls.forward(ctx, *[t.data for t in inputs], **kwargs))
+        return Tensor._wrap(cls.forward(ctx, *[t._data for t in inputs], **kwargs))
 
     @classmethod
     def _apply_recorded(cls, inputs: tuple[Tensor, ...], kwargs: dict[str, Any]) -> Tensor:
         """The recording path: forward with a real Context, then a Node that backward will visit."""
         ctx = Context(tuple(t._requires_grad for t in inputs))
-        out = Tensor._wrap(cls.forward(ctx, *[t.data for t in inputs], **kwargs))
+        out = Tensor._wrap(cls.forward(ctx, *[t._data for t in inputs], **kwargs))
         out.requires_grad = True  # the setter refuses a non-float output
-        out._node = Node(cls, ctx, inputs)
+        out._node = Node(cls, ctx, inputs, _changes)
         return out
 
 
@@ -175,12 +184,16 @@ class _Unrecorded(Context):
 
 
 class Node:
-    """One recorded application of a Function: how the tensor that owns it was computed."""
+    """One recorded application of a Function: how the tensor that owns it was computed.
 
-    __slots__ = ("fn", "ctx", "inputs")
+    ``changes`` is the engine's count of in-place changes when the forward ran; memory written
+    later has a larger count in ``_changed_memory`` (see ``Tensor.version``).
+    """
 
-    def __init__(self, fn: type[Function], ctx: Context, inputs: Sequence[Tensor]):
-        self.fn, self.ctx, self.inputs = fn, ctx, tuple(inputs)
+    __slots__ = ("fn", "ctx", "inputs", "changes")
+
+    def __init__(self, fn: type[Function], ctx: Context, inputs: Sequence[Tensor], changes: int = 0):
+        self.fn, self.ctx, self.inputs, self.changes = fn, ctx, tuple(inputs), changes
 
 
 class _Released:
@@ -190,11 +203,59 @@ class _Released:
 RELEASED = _Released()
 
 
+def _memory_owner(array: np.ndarray) -> Any:
+    """The object that owns ``array``'s memory: the array itself, or the base a view looks into."""
+    return array if array.base is None else array.base
+
+
+def _record_change(array: np.ndarray) -> None:
+    """Note that ``array``'s memory was written now (at clock ``_changes``). The entry is keyed by
+    the owner's id and dropped when the owner is freed, so the table holds live memory only."""
+    owner = array if array.base is None else array.base
+    key = id(owner)
+    entry = _changed_memory.get(key)
+    if entry is not None:  # the usual case: an optimizer writes the same parameters every step
+        entry[1] = _changes
+        return
+    try:
+        ref = weakref.ref(owner, lambda _, key=key: _changed_memory.pop(key, None))
+    except TypeError:  # memory owned by a non-array (a bytes buffer): kept for good
+        ref = None
+    _changed_memory[key] = [ref, _changes]
+
+
+def _check_unchanged(node: Node, out: Tensor) -> None:
+    """Raise if the memory of an array that ``node``'s forward saved for backward was written
+    since that forward: the gradient would read values the forward never saw. Changed tensors
+    whose values the backward does not read (the inputs of an ``add``) are fine."""
+    for saved in node.ctx.saved:
+        if type(saved) is not np.ndarray:
+            continue
+        owner = _memory_owner(saved)
+        entry = _changed_memory.get(id(owner))
+        if entry is None or entry[1] <= node.changes:
+            continue
+        tensors = (*node.inputs, out)
+        named = [i for i, t in enumerate(tensors) if _memory_owner(t._data) is owner]
+        if not named:
+            what = f"an array of shape {saved.shape}"
+        elif named[0] == len(node.inputs):
+            what = f"its output (shape {out.shape})"
+        else:
+            what = f"its input {named[0]} (shape {tensors[named[0]].shape})"
+        raise RuntimeError(
+            f"backward(): {node.fn.__name__} saved {what} for the gradient, and that memory was "
+            "modified in place after the forward pass (by an optimizer step, copy_, or an "
+            "assignment to .data); the gradient would use the new values. Change tensors after "
+            "backward(), or run the forward again"
+        )
+
+
 def _check_same_float_dtype(op: str, inputs: Sequence[Tensor]) -> None:
     """Refuse float inputs of two different dtypes (integer ids and bool masks may accompany them)."""
     first = None
     for t in inputs:
-        dtype = t.data.dtype
+        dtype = t._data.dtype
         if dtype.kind == "f":
             if first is None:
                 first = dtype
@@ -211,9 +272,26 @@ class Tensor:
 
     Float data gets the default dtype (float32 unless ``set_default_dtype`` changed it) unless
     ``dtype`` is given; integer data (token ids) stays integer and can never require a gradient.
+
+    ``version`` counts the in-place changes made through the library: assigning ``t.data = ...``,
+    augmented assignment (``t.data -= lr * g``, which assigns ``t.data`` back), ``copy_``, an
+    optimizer's ``step``, ``load_state_dict``. Each change also marks the memory it wrote (the
+    array, or the array a view looks into) with the engine's running count of changes, and every
+    graph node remembers that count at its forward. ``backward`` raises, naming the op, when an
+    array the op saved for its gradient (``ctx.save_for_backward``) lives in memory written after
+    that forward, through this tensor or any other viewing the same memory (a ``detach()``, a
+    transpose, a slice), instead of computing a gradient from values the forward never saw. A
+    tensor whose values its backward does not read (an input of ``add``), or whose ``.data`` was
+    replaced by a new array (the saved one is untouched), is fine.
+
+    The limit: a raw NumPy write into the array, ``t.data[...] = x`` or ``np.copyto(t.data, x)``,
+    goes around the tensor and is not seen; write with ``t.copy_(x)``, or call
+    ``t.bump_version()`` after such a write. The cost: one integer compared per graph node in
+    backward, and a dictionary update per change (an optimizer step makes one per parameter).
     """
 
     __array_priority__ = 1000  # so that `ndarray + Tensor` calls Tensor.__radd__
+    _version = 0  # in-place changes of this tensor (a class default: set on the instance at its first change)
 
     def __init__(self, data: Any, requires_grad: bool = False, dtype: Any = None):
         if isinstance(data, Tensor):
@@ -221,7 +299,7 @@ class Tensor:
         array = np.asarray(data, dtype=dtype)
         if dtype is None and array.dtype.kind not in "iub":  # floats of any width become the default
             array = array.astype(_default_dtype, copy=False)
-        self.data: np.ndarray = array
+        self._data: np.ndarray = array
         self.grad: np.ndarray | None = None
         self._requires_grad = False
         self._node: Node | _Released | None = None
@@ -235,9 +313,40 @@ class Tensor:
         arrays; ``asarray`` turns it back into an array so ``.data`` is always an ``np.ndarray``.
         """
         t = cls.__new__(cls)
-        t.data = array if type(array) is np.ndarray else np.asarray(array)
+        t._data = array if type(array) is np.ndarray else np.asarray(array)
         t.grad, t._requires_grad, t._node = None, False, None
         return t
+
+    # -- the array and its version
+    @property
+    def data(self) -> np.ndarray:
+        """The values (an ``np.ndarray``). Assigning to it counts as an in-place change (``version``)."""
+        return self._data
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self._data = value if type(value) is np.ndarray else np.asarray(value)
+        self.bump_version()
+
+    @property
+    def version(self) -> int:
+        """How many in-place changes of this tensor the library has counted (see the class docstring)."""
+        return self._version
+
+    def bump_version(self) -> None:
+        """Count an in-place change; call it after writing into ``.data`` around the library
+        (``t.data[...] = x``), which no version counter can see by itself."""
+        global _changes
+        _changes += 1
+        self._version += 1
+        _record_change(self._data)
+
+    def copy_(self, value: Any) -> Tensor:
+        """Write ``value`` into this tensor's array in place (broadcast, cast to its dtype) and
+        count the change: ``.data`` keeps its identity, so views and optimizers see the new values."""
+        np.copyto(self._data, value._data if isinstance(value, Tensor) else value, casting="same_kind")
+        self.bump_version()
+        return self
 
     # -- gradient bookkeeping
     @property
@@ -246,8 +355,8 @@ class Tensor:
 
     @requires_grad.setter
     def requires_grad(self, value: bool) -> None:
-        if value and self.data.dtype.kind != "f":
-            raise TypeError(f"only float tensors can require grad, this one is {self.data.dtype}")
+        if value and self._data.dtype.kind != "f":
+            raise TypeError(f"only float tensors can require grad, this one is {self._data.dtype}")
         self._requires_grad = bool(value)
 
     def requires_grad_(self, value: bool = True) -> Tensor:
@@ -263,7 +372,7 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """The same data, cut off from the graph."""
-        return Tensor._wrap(self.data)
+        return Tensor._wrap(self._data)
 
     def backward(self, grad: Any = None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into ``leaf.grad`` for every leaf that requires grad.
@@ -279,13 +388,13 @@ class Tensor:
                 "call the first backward with retain_graph=True to backpropagate twice"
             )
         if grad is None:
-            if self.data.size != 1:
+            if self._data.size != 1:
                 raise RuntimeError(
                     f"backward() without a gradient needs a scalar output, this one has shape {self.shape}; "
                     "pass grad= of the same shape (or reduce with .sum() first)"
                 )
-            grad = np.ones_like(self.data)
-        grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.data.dtype)
+            grad = np.ones_like(self._data)
+        grad = np.asarray(grad._data if isinstance(grad, Tensor) else grad, dtype=self._data.dtype)
         if grad.shape != self.shape:
             raise ValueError(f"backward(): grad has shape {grad.shape} but the tensor has shape {self.shape}")
 
@@ -300,6 +409,8 @@ class Tensor:
             if isinstance(node, _Released):
                 raise RuntimeError("backward() reached a part of the graph that was already released")
             if g is not None:
+                if node.changes != _changes:  # something was changed in place since this forward
+                    _check_unchanged(node, tensor)
                 input_grads = node.fn.backward(node.ctx, g)
                 for inp, ig in zip(node.inputs, input_grads):
                     if ig is None or not inp.requires_grad:
@@ -315,10 +426,10 @@ class Tensor:
 
     # -- conversions
     def numpy(self) -> np.ndarray:
-        return self.data
+        return self._data
 
     def item(self) -> float:
-        return self.data.item()
+        return self._data.item()
 
     def astype(self, dtype: Any) -> Tensor:
         """A copy with another dtype (differentiable for float to float)."""
@@ -326,26 +437,26 @@ class Tensor:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.data.shape
+        return self._data.shape
 
     @property
     def dtype(self) -> np.dtype:
-        return self.data.dtype
+        return self._data.dtype
 
     @property
     def ndim(self) -> int:
-        return self.data.ndim
+        return self._data.ndim
 
     @property
     def size(self) -> int:
-        return self.data.size
+        return self._data.size
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self._data)
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
-        body = np.array2string(self.data, precision=4, threshold=20, edgeitems=2, prefix="tensor(")
+        body = np.array2string(self._data, precision=4, threshold=20, edgeitems=2, prefix="tensor(")
         return f"tensor({body}, dtype={self.dtype}{grad})"
 
     # -- operators: thin aliases of the functions in ops.py (see ``ops`` at the top of this module)

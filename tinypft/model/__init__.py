@@ -10,10 +10,10 @@
 
 from .cache import KVCache
 from .config import GPTConfig
-from .gpt import GPT, MLP, Block, CausalSelfAttention, GPTOutput, last_real_index
+from .gpt import GPT, MLP, Block, CausalSelfAttention, GPTOutput, check_attention_mask, last_real_index
 from .pretrained import load_pretrained
 
 __all__ = [
-    "GPT", "MLP", "Block", "CausalSelfAttention", "GPTConfig", "GPTOutput", "KVCache", "last_real_index",
-    "load_pretrained",
+    "GPT", "MLP", "Block", "CausalSelfAttention", "GPTConfig", "GPTOutput", "KVCache", "check_attention_mask",
+    "last_real_index", "load_pretrained",
 ]

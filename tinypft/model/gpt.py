@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,28 @@ def last_real_index(attention_mask: np.ndarray) -> np.ndarray:
     T = real.shape[1]
     last = T - 1 - np.argmax(real[:, ::-1], axis=1)  # (B,), the first real token counted from the end
     return np.where(real.any(axis=1), last, 0)  # (B,)
+
+
+def check_attention_mask(attention_mask: Any, shape: tuple[int, ...], who: str = "GPT") -> np.ndarray:
+    """``attention_mask`` as a boolean array of ``shape`` (True at real tokens), after checking it.
+
+    Only booleans, or numbers that are 0 (padding) or 1 (a real token), are accepted: a 2, a -1
+    or a 0.5 is a mistake somewhere upstream, and reading it as True would hide it.
+    """
+    mask = np.asarray(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
+    if mask.shape != tuple(shape):
+        raise ValueError(f"{who}: attention_mask has shape {mask.shape}, the ids need {tuple(shape)}")
+    if mask.dtype == np.bool_:
+        return mask
+    if mask.dtype.kind not in "iuf":
+        raise TypeError(f"{who}: attention_mask must hold booleans or 0/1 numbers, got dtype {mask.dtype}")
+    real = mask == 1
+    valid = real | (mask == 0)
+    if not valid.all():
+        raise ValueError(
+            f"{who}: attention_mask must hold only 0 (padding) and 1 (real token), found {mask[~valid][0]}"
+        )
+    return real
 
 
 @dataclass
@@ -202,7 +225,9 @@ class GPT(Module):
         position_ids (B, T): explicit positions; by default each row counts its real tokens,
         starting after any prompt, prefix or cached positions.
         """
-        ids, token_mask = self._check_inputs(ids, attention_mask, kv_prefix, cache)  # (B, T) each
+        ids, token_mask = self._check_inputs(  # (B, T) each
+            ids, attention_mask, prompt_embeds, kv_prefix, kv_prefix_start, cache
+        )
         # The blocks see [prompt (P_in); tokens]; the keys are [kv prefix (P_kv); cache; that sequence].
         P_in = 0 if prompt_embeds is None else prompt_embeds.shape[1]
         P_kv = 0 if kv_prefix is None else kv_prefix[0][0].shape[2]
@@ -228,6 +253,8 @@ class GPT(Module):
         ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
         if ids.ndim != 2:
             raise ValueError(f"GPT: token ids must have shape (batch, time), got {ids.shape}")
+        if ids.shape[1] == 0:
+            raise ValueError(f"GPT: token ids have shape {ids.shape}; each sequence needs at least one token")
         if ids.dtype.kind not in "iu":
             raise TypeError(f"GPT: token ids must be integers, got dtype {ids.dtype}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
@@ -236,23 +263,56 @@ class GPT(Module):
         return ids
 
     def _check_inputs(
-        self, ids: np.ndarray, attention_mask: np.ndarray | None, kv_prefix: list[KVPair] | None,
-        cache: KVCache | None,
+        self, ids: np.ndarray, attention_mask: np.ndarray | None, prompt_embeds: Tensor | None,
+        kv_prefix: list[KVPair] | None, kv_prefix_start: np.ndarray | None, cache: KVCache | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(ids (B, T) integers, token_mask (B, T) bool), after checking them and the kv prefix."""
+        """(ids (B, T) integers, token_mask (B, T) bool), after checking them, the mask and what
+        is injected (shapes, dtypes); each problem raises an error that names it."""
         ids = self._check_ids(ids)  # (B, T)
         if attention_mask is None:
             token_mask = np.ones(ids.shape, bool)  # (B, T)
         else:
-            token_mask = np.asarray(attention_mask).astype(bool)  # (B, T)
-        if token_mask.shape != ids.shape:
-            raise ValueError(f"GPT: attention_mask has shape {token_mask.shape}, ids have {ids.shape}")
-        n_layers = self.config.n_layers
-        if kv_prefix is not None and len(kv_prefix) != n_layers:
-            raise ValueError(f"GPT: kv_prefix has {len(kv_prefix)} layers, the model has {n_layers}")
-        if cache is not None and kv_prefix is not None:
-            raise ValueError("GPT: a kv prefix is injected once, at prefill; it is already in the cache")
+            token_mask = check_attention_mask(attention_mask, ids.shape)  # (B, T)
+        if prompt_embeds is not None:
+            self._check_injected("prompt_embeds", prompt_embeds, len(ids), (None, self.config.d_model))
+        if kv_prefix is not None:
+            n_layers = self.config.n_layers
+            if len(kv_prefix) != n_layers:
+                raise ValueError(f"GPT: kv_prefix has {len(kv_prefix)} layers, the model has {n_layers}")
+            if cache is not None:
+                raise ValueError("GPT: a kv prefix is injected once, at prefill; it is already in the cache")
+            P = kv_prefix[0][0].shape[2] if kv_prefix[0][0].ndim == 4 else None
+            for i, pair in enumerate(kv_prefix):
+                for name, t in zip(("K", "V"), pair):
+                    self._check_injected(
+                        f"kv_prefix[{i}] {name}", t, len(ids), (self.config.n_heads, P, self.config.head_dim),
+                        note=" (P, the prefix length, is the same in every layer, for K and V)",
+                    )
+        if kv_prefix_start is not None:
+            start = np.asarray(kv_prefix_start)
+            if kv_prefix is None:
+                raise ValueError("GPT: kv_prefix_start places a kv_prefix; none was given")
+            if start.dtype.kind not in "iu" or start.shape not in ((), (len(ids),)):
+                raise ValueError(
+                    f"GPT: kv_prefix_start must be integers of shape ({len(ids)},), "
+                    f"got {start.dtype} {start.shape}"
+                )
         return ids, token_mask
+
+    def _check_injected(
+        self, name: str, t: Tensor, B: int, rest: tuple[int | None, ...], note: str = ""
+    ) -> None:
+        """An injected tensor must be a Tensor of shape (B or 1, *rest) (None: any length P) in the
+        model's dtype."""
+        if not isinstance(t, Tensor):
+            raise TypeError(f"GPT: {name} must be a Tensor, got {type(t).__name__}")
+        expected = ("B or 1", *("P" if n is None else n for n in rest))
+        fits = t.ndim == 1 + len(rest) and t.shape[0] in (1, B)
+        if not fits or any(n is not None and n != m for n, m in zip(rest, t.shape[1:])):
+            shape = ", ".join(map(str, expected))
+            raise ValueError(f"GPT: {name} has shape {t.shape}, expected ({shape}){note}")
+        if t.dtype != self.wte.weight.dtype:
+            raise TypeError(f"GPT: {name} is {t.dtype}, the model computes in {self.wte.weight.dtype}")
 
     def _position_ids(
         self, seq_mask: np.ndarray, position_ids: np.ndarray | None, P_in: int, P_kv: int,
@@ -272,6 +332,13 @@ class GPT(Module):
             positions = start + np.maximum(np.cumsum(seq_mask, axis=1) - 1, 0)  # (B, S)
         else:
             positions = np.asarray(position_ids)  # (B, T)
+            if positions.shape != (B, S - P_in) or positions.dtype.kind not in "iu":
+                raise ValueError(
+                    f"GPT: position_ids must be integers of shape {(B, S - P_in)} like the ids, "
+                    f"got {positions.dtype} {positions.shape}"
+                )
+            if positions.size and positions.min() < 0:
+                raise ValueError(f"GPT: position_ids must be >= 0, got {int(positions.min())}")
             if P_in:
                 prompt_positions = np.broadcast_to(np.arange(P_in), (B, P_in))  # (B, P_in)
                 positions = np.concatenate([prompt_positions, positions + P_in], 1)  # (B, S)
@@ -311,7 +378,8 @@ class GPT(Module):
                 parts.append(np.ones((B, S, P_kv), bool))
             else:
                 query_index = T_past + np.arange(S)  # (S,)
-                sees = query_index[None, :] >= np.asarray(kv_prefix_start).reshape(B, 1)  # (B, S)
+                start = np.broadcast_to(np.asarray(kv_prefix_start), (B,))[:, None]  # (B, 1)
+                sees = query_index[None, :] >= start  # (B, S)
                 parts.append(np.broadcast_to(sees[:, :, None], (B, S, P_kv)))
         if T_past:
             parts.append(np.broadcast_to(cache.key_mask[:, None, :], (B, S, T_past)))

@@ -33,6 +33,8 @@ class Linear(Module):
         self.bias = Parameter(get_rng().uniform(-k, k, size=(out_features,))) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(f"Linear(in_features={self.in_features}): the input has shape {x.shape}")
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -72,6 +74,8 @@ class LayerNorm(Module):
         self.bias = Parameter(np.zeros(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1:] != (self.dim,):
+            raise ValueError(f"LayerNorm({self.dim}): the input has shape {x.shape}")
         return F.layer_norm(x, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:

@@ -29,7 +29,11 @@ class Parameter(Tensor):
     """A Tensor that a Module registers as trainable; requires grad unless told otherwise.
 
     Float data is converted to the default dtype (like any Tensor) unless ``dtype`` is given.
+    ``removed_by`` names what dropped the parameter from its model for good (a prefix encoder's
+    ``merge``): an optimizer still holding it refuses to step, since updating it changes nothing.
     """
+
+    removed_by: str | None = None
 
     def __init__(self, data: Any, requires_grad: bool = True, dtype: Any = None):
         super().__init__(data, requires_grad=requires_grad, dtype=dtype)
@@ -258,7 +262,7 @@ class Module:
             raise ValueError(f"load_state_dict into {type(self).__name__}:\n  " + "\n  ".join(problems))
 
         for name, array in arrays.items():
-            np.copyto(params[name].data, array, casting="same_kind")  # e.g. float16 -> float32
+            params[name].copy_(array)  # in place, cast e.g. float16 -> float32; counts as a change
         return missing, unexpected
 
     # ------------------------------------------------------------------ printing

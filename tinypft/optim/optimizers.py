@@ -50,11 +50,25 @@ class Optimizer:
 
     @no_grad()
     def step(self) -> None:
-        """Apply one update to every parameter that has a gradient."""
+        """Apply one update to every parameter that has a gradient.
+
+        Each update is an in-place change, so it bumps the parameter's version: a graph recorded
+        before the step refuses to backpropagate through the old values (``Tensor.version``).
+        A parameter its model has dropped (``Parameter.removed_by``, set by a prefix's ``merge``)
+        is an error: the step would train a tensor the model no longer reads.
+        """
         for group in self.param_groups:
             for p in group["params"]:
+                removed_by = getattr(p, "removed_by", None)
+                if removed_by is not None:
+                    raise RuntimeError(
+                        f"{type(self).__name__}.step(): a parameter of shape {p.shape} was removed from its "
+                        f"model by {removed_by}; this optimizer would train tensors the model no longer "
+                        "uses. Build a new optimizer over the model's parameters"
+                    )
                 if p.grad is not None:
                     self.update(p, p.grad, self.state.setdefault(p, {}), group)
+                    p.bump_version()
 
     def update(self, p: Tensor, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -130,8 +144,9 @@ class SGD(Optimizer):
     """
 
     def __init__(self, params: ParamsLike, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
-        if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise ValueError(f"SGD: lr, momentum, weight_decay must be >= 0: {lr} {momentum} {weight_decay}")
+        _check_setting("SGD", "lr", lr, lo=0.0)
+        _check_setting("SGD", "momentum", momentum, lo=0.0)
+        _check_setting("SGD", "weight_decay", weight_decay, lo=0.0)
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
 
     def update(self, p: Tensor, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -167,10 +182,13 @@ class AdamW(Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.01,
     ):
-        if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(
-                f"AdamW: invalid settings lr={lr}, betas={betas}, eps={eps}, weight_decay={weight_decay}"
-            )
+        _check_setting("AdamW", "lr", lr, lo=0.0)
+        if not isinstance(betas, tuple | list) or len(betas) != 2:
+            raise ValueError(f"AdamW: betas must be a pair (beta1, beta2), got {betas!r}")
+        _check_setting("AdamW", "betas[0]", betas[0], lo=0.0, below=1.0)
+        _check_setting("AdamW", "betas[1]", betas[1], lo=0.0, below=1.0)
+        _check_setting("AdamW", "eps", eps, above=0.0)
+        _check_setting("AdamW", "weight_decay", weight_decay, lo=0.0)
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
 
     def update(self, p: Tensor, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
@@ -198,6 +216,25 @@ class AdamW(Optimizer):
         param -= scratch
 
 
+def _check_setting(
+    optimizer: str, name: str, value: Any, lo: float | None = None, above: float | None = None,
+    below: float | None = None,
+) -> None:
+    """Refuse a hyperparameter that is not a finite real number in its range (lo <= value, above <
+    value, value < below): NaN, for one, compares False with everything and would pass a plain
+    ``value < 0`` test, then turn every parameter into NaN at the first step."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{optimizer}: {name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{optimizer}: {name} must be finite, got {value}")
+    if lo is not None and not value >= lo:
+        raise ValueError(f"{optimizer}: {name} must be >= {lo}, got {value}")
+    if above is not None and not value > above:
+        raise ValueError(f"{optimizer}: {name} must be > {above}, got {value}")
+    if below is not None and not value < below:
+        raise ValueError(f"{optimizer}: {name} must be < {below}, got {value}")
+
+
 def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float) -> float:
     """Scale all gradients together so that their global L2 norm is at most ``max_norm``.
 
@@ -208,6 +245,7 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float) -> f
     a gradient are skipped. A non-finite norm leaves the gradients untouched so the caller can
     detect it and skip the step.
     """
+    _check_setting("clip_grad_norm_", "max_norm", max_norm, above=0.0)
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:

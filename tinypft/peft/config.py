@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 BITFIT_COMPONENTS: tuple[str, ...] = ("q", "k", "v", "o", "fc_in", "fc_out", "ln_1", "ln_2", "ln_f")
 BITFIT_ALIASES: dict[str, tuple[str, ...]] = {"ln": ("ln_1", "ln_2", "ln_f")}  # "ln": every LayerNorm beta
 PREFIX_MODES: tuple[str, ...] = ("prefix", "infix", "embedding_only")
@@ -207,16 +209,28 @@ class RandomSubsetConfig(PeftConfig):
             _check_positive("RandomSubsetConfig", "num_params", self.num_params)
 
 
-def resolve_token_ids(what: str, value: Any, tokenizer: Any) -> list[int]:
-    """Token ids from a list of ints, or from a string encoded with ``tokenizer``."""
+def resolve_token_ids(what: str, value: Any, tokenizer: Any, vocab_size: int | None = None) -> list[int]:
+    """Token ids from a list of ints, or from a string encoded with ``tokenizer``.
+
+    Every id must be an integer in [0, vocab_size) (when ``vocab_size`` is given): a -1 would
+    otherwise pick the last row of the embedding table, silently, and 2.7 would become 2.
+    """
     if isinstance(value, str):
         if tokenizer is None:
             raise ValueError(f"{what} is a string; pass tokenizer= to encode it (or give token ids)")
         ids = list(tokenizer.encode(value))
     else:
-        ids = [int(i) for i in value]
+        ids = list(value)
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int | np.integer)]
+        if bad:
+            raise TypeError(f"{what}: token ids must be integers, got {bad[0]!r}")
+        ids = [int(i) for i in ids]
     if not ids:
         raise ValueError(f"{what} has no tokens")
+    if vocab_size is not None:
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            raise ValueError(f"{what}: token id {bad[0]} is out of range for vocab_size {vocab_size}")
     return ids
 
 

@@ -34,8 +34,19 @@ already in it and the call passes straight through.
 Freezing works through ``requires_grad``: a frozen parameter receives no gradient, so backward
 skips its weight-gradient matmul, and an optimizer built from ``parameters()`` keeps state only
 for the trainable ones (``tinypft.optim`` filters on ``requires_grad``). ``get_peft_model`` sets
-the flags on the base model in place, like Hugging Face PEFT: build one PeftModel per base model
-when a method trains base parameters (full fine-tuning, BitFit, a head).
+the flags on the base model in place, like Hugging Face PEFT.
+
+One base model, several PeftModels: any number of methods that train none of the base model's
+parameters (prefixes, prompts, a random subset without a head) share it, each training only its
+own tensors. A method that trains base parameters (full fine-tuning, BitFit, a head) cannot
+share it: its flags would freeze or unfreeze what the others train, and its updates would change
+the base the others read. When a new PeftModel is built on a base model that such a conflicting
+PeftModel already wraps, the new one takes the base model over and the older one is retired: its
+``forward``, ``save_pretrained`` and ``set_adapter_trainable`` raise, naming the newer model.
+Refusing the new wrap instead would break the common ``run.model =
+get_peft_model(run.model.base_model, other_config)`` (the old wrapper is alive during the
+call); a copy of the base per wrapper would make ``model`` silently differ from what trains.
+To keep both: ``get_peft_model(model.copy(), config)``.
 
 Adapter files (a directory, as Hugging Face PEFT's ``save_pretrained`` writes):
 
@@ -52,6 +63,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
+import weakref
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +72,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import Tensor
-from ..model import GPT, GPTOutput, KVCache
+from ..model import GPT, GPTOutput, KVCache, check_attention_mask
 from ..nn import Module, Parameter
 from ..serialization import atomic_write_json, load_tensors, read_json, save_tensors, sha256_file
 from .config import PeftConfig
@@ -69,6 +81,9 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_FORMAT = "tinypft-adapter"
 BASE_PREFIX = "base_model."
+
+# base model -> the PeftModels alive on it (weak both ways: deleting a wrapper unregisters it)
+_WRAPPERS: weakref.WeakKeyDictionary[GPT, weakref.WeakSet[PeftModel]] = weakref.WeakKeyDictionary()
 
 
 class PeftModel(Module):
@@ -85,8 +100,43 @@ class PeftModel(Module):
         self.base_model = base_model
         self.peft_config = peft_config
         self.trained_base: frozenset[str] = frozenset(self.trained_base_names(base_model))
+        self.superseded_by: str | None = None  # set when a newer PeftModel takes the base model over
+        self._retired: list[weakref.ref[PeftModel]] = self._claim_base()
         for name, p in base_model.named_parameters():
             p.requires_grad = name in self.trained_base
+
+    # ------------------------------------------------------------------ sharing the base model
+    def _claim_base(self) -> list[weakref.ref[PeftModel]]:
+        """Register on the base model and retire every live PeftModel on it that this one conflicts
+        with (either of the two trains base parameters); returns (weak references to) those."""
+        wrappers = _WRAPPERS.setdefault(self.base_model, weakref.WeakSet())
+        retired = [
+            w for w in wrappers if w.superseded_by is None and (w.trained_base or self.trained_base)
+        ]
+        for w in retired:
+            w.superseded_by = type(self).__name__
+        wrappers.add(self)
+        return [weakref.ref(w) for w in retired]
+
+    def _release_base(self) -> None:
+        """Undo ``_claim_base`` (a construction that is refused after all): unregister, and give the
+        PeftModels it retired their base model back."""
+        _WRAPPERS.get(self.base_model, weakref.WeakSet()).discard(self)
+        for ref in self._retired:
+            w = ref()
+            if w is not None:
+                w.superseded_by = None
+        self._retired = []
+
+    def _check_current(self, action: str) -> None:
+        """Raise when a newer PeftModel took this one's base model over (see the module docstring)."""
+        if self.superseded_by is not None:
+            raise RuntimeError(
+                f"{type(self).__name__}.{action}: its base model was wrapped again, as a "
+                f"{self.superseded_by}, which changed which base parameters train; this model no longer "
+                "trains what it was built for. Use the newer model, or keep both by wrapping a copy: "
+                "get_peft_model(model.copy(), config)"
+            )
 
     # ------------------------------------------------------------------ what trains
     def trained_base_names(self, base_model: GPT) -> list[str]:
@@ -109,6 +159,7 @@ class PeftModel(Module):
 
     def set_adapter_trainable(self, trainable: bool) -> None:
         """Unfreeze (True) or freeze (False) the method's parameters; the rest stays frozen."""
+        self._check_current("set_adapter_trainable()")
         for p in self.adapter_parameters().values():
             p.requires_grad = trainable
 
@@ -164,6 +215,7 @@ class PeftModel(Module):
         went in when the sequence started) and the call passes straight through. ``placement``
         goes to ``virtual_inputs`` (Prefix-Tuning's infix: ``infix_start``).
         """
+        self._check_current("forward()")
         with self.effective_weights():
             if cache is not None:
                 if placement:
@@ -174,6 +226,7 @@ class PeftModel(Module):
                 return self.base_model(
                     ids, attention_mask, position_ids=position_ids, cache=cache, use_cache=use_cache
                 )
+            ids = self.base_model._check_ids(ids)  # (B, T) integers in range, else an error saying why
             mask = self.token_mask(attention_mask, ids, self.num_virtual_tokens)  # (B, T) or None
             real = np.ones(np.shape(ids), bool) if mask is None else np.asarray(mask).astype(bool)  # (B, T)
             inputs = self.virtual_inputs(real, **placement)
@@ -194,15 +247,18 @@ class PeftModel(Module):
     def token_mask(
         self, attention_mask: np.ndarray | None, ids: np.ndarray, num_virtual: int
     ) -> np.ndarray | None:
-        """The mask of the real tokens (B, T). A Hugging Face-style mask that also covers the
-        ``num_virtual`` virtual tokens in front (B, P + T) is accepted: its first P columns must be 1."""
+        """The mask of the real tokens (B, T), boolean. A Hugging Face-style mask that also covers
+        the ``num_virtual`` virtual tokens in front (B, P + T) is accepted: its first P columns must
+        be 1. Values other than 0/1 (or booleans) are refused (``check_attention_mask``)."""
         if attention_mask is None:
             return None
-        mask = np.asarray(attention_mask)
+        mask = np.asarray(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
         B, T = np.shape(ids)
+        who = type(self).__name__
         if mask.shape == (B, T):
-            return mask
+            return check_attention_mask(mask, (B, T), who)
         if num_virtual and mask.shape == (B, num_virtual + T):
+            mask = check_attention_mask(mask, mask.shape, who)
             if not mask[:, :num_virtual].all():
                 raise ValueError(
                     f"{type(self).__name__}: the {num_virtual} virtual-token columns of the mask must be 1"
@@ -229,6 +285,7 @@ class PeftModel(Module):
         ``include_reparam`` keeps a reparameterization (Prefix-Tuning's MLP) so training can resume;
         without it the adapter is stored in its inference form (``inference_mode: true``).
         """
+        self._check_current("save_pretrained()")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = self.trained_state_dict() if include_reparam else self.adapter_state_dict()
@@ -267,14 +324,15 @@ class PeftModel(Module):
         from .mapping import PEFT_METHODS, config_from_dict  # here: mapping.py imports this module
 
         directory = Path(directory)
-        record = read_json(directory / ADAPTER_CONFIG_NAME)
-        if record.get("format") != ADAPTER_FORMAT:
-            raise ValueError(f"{directory}: not a tinypft adapter (format {record.get('format')!r})")
+        record = read_adapter_config(directory / ADAPTER_CONFIG_NAME)
         if sha256_file(directory / ADAPTER_WEIGHTS_NAME) != record["weights_sha256"]:
             raise ValueError(
                 f"{directory}: {ADAPTER_WEIGHTS_NAME} does not belong to this {ADAPTER_CONFIG_NAME}"
             )
-        peft_config = config_from_dict(record["peft_config"])
+        try:
+            peft_config = config_from_dict(record["peft_config"])
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{directory / ADAPTER_CONFIG_NAME}: peft_config: {error}") from None
         model_class = PEFT_METHODS[type(peft_config)]
         if not issubclass(model_class, cls):
             raise TypeError(f"{cls.__name__}.from_pretrained: {directory} holds a {model_class.__name__}")
@@ -287,7 +345,8 @@ class PeftModel(Module):
         peft_model = model_class(base_model, peft_config)
         mismatch = _weights_mismatch(saved_base, base_model, peft_model.frozen_base_names())
         if mismatch:
-            for name, p in base_model.named_parameters():  # leave the refused base model as it was
+            peft_model._release_base()  # leave the refused base model as it was
+            for name, p in base_model.named_parameters():
                 p.requires_grad = flags[name]
             raise ValueError(f"from_pretrained({directory}): {mismatch}")
         expected = {name: (tuple(shape), None) for name, shape in record["tensors"].items()}
@@ -305,7 +364,7 @@ class PeftModel(Module):
                 f"{type(self).__name__}: adapter tensors {found} do not match the model's {expected}"
             )
         for name, array in tensors.items():
-            np.copyto(params[name].data, array, casting="same_kind")
+            params[name].copy_(array)
 
 
 class FullFinetuneModel(PeftModel):
@@ -323,6 +382,39 @@ class FrozenModel(PeftModel):
 
 
 # ----------------------------------------------------------------------------- fingerprints
+
+ADAPTER_RECORD_FIELDS: dict[str, type] = {
+    "format": str, "peft_config": dict, "inference_mode": bool, "base_model": dict, "tensors": dict,
+    "weights_sha256": str,
+}
+BASE_RECORD_FIELDS: dict[str, type] = {"config": dict, "parameters": dict, "frozen_weights_sha256": str}
+
+
+def read_adapter_config(path: Path) -> dict[str, Any]:
+    """``adapter_config.json`` as a dict, checked: valid JSON, a tinypft adapter, every field
+    ``save_pretrained`` writes there with the right type. Errors name the file."""
+    try:
+        record = read_json(path)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file") from None
+    if not isinstance(record, dict) or record.get("format") != ADAPTER_FORMAT:
+        found = record.get("format") if isinstance(record, dict) else type(record).__name__
+        raise ValueError(f"{path}: not a tinypft adapter config (format {found!r})")
+    def problems_in(values: dict[str, Any], fields: dict[str, type], prefix: str = "") -> list[str]:
+        return [
+            f"{prefix}{name} is missing" if name not in values else f"{prefix}{name} is not a {kind.__name__}"
+            for name, kind in fields.items()
+            if not isinstance(values.get(name), kind)
+        ]
+
+    problems = problems_in(record, ADAPTER_RECORD_FIELDS)
+    if not problems:
+        problems = problems_in(record["base_model"], BASE_RECORD_FIELDS, "base_model.")
+    if problems:
+        raise ValueError(f"{path}: " + "; ".join(problems))
+    return record
 
 
 def base_model_fingerprint(model: GPT, frozen: list[str]) -> dict[str, Any]:

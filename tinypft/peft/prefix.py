@@ -84,9 +84,18 @@ class PrefixEncoder(Module):
 
     @no_grad()
     def merge(self) -> None:
-        """Replace the MLP by its current output, a plain (P, width) parameter."""
+        """Replace the MLP by its current output, a plain (P, width) parameter.
+
+        The MLP's parameters leave the model, marked ``removed_by``: an optimizer built before the
+        merge still holds them (and not the new prefix), so its next ``step`` raises instead of
+        silently updating tensors nothing reads. Training on after a merge is possible (it is then
+        direct prefix optimization) with a new optimizer over ``parameters()``; the old one is not
+        carried over, since its AdamW moments describe the MLP's weights, not the prefix.
+        """
         if self.reparameterized:
             value = self().data.copy()  # (P, width)
+            for p in self.parameters():  # P' and the MLP's weights
+                p.removed_by = "PrefixTuningModel.merge()"
             self.embedding = None
             self.mlp = None
             self.prefix = Parameter(value, dtype=value.dtype)
@@ -101,7 +110,7 @@ class PrefixEncoder(Module):
         otherwise). Training then starts from the real-word activations through the MLP.
         """
         if not self.reparameterized:
-            self.prefix.data[...] = target
+            self.prefix.copy_(target)
             return
         first, _, last = self.mlp
         pre_activation = first(self.embedding(np.arange(self.num_virtual_tokens))).data  # (P, k)
@@ -114,8 +123,8 @@ class PrefixEncoder(Module):
                 "the MLP can only approximate the real-word activations (least squares)",
                 stacklevel=3,
             )
-        last.weight.data[...] = solution.T  # (width, k)
-        last.bias.data[...] = bias
+        last.weight.copy_(solution.T)  # (width, k)
+        last.bias.copy_(bias)
 
 
 def flatten_key_values(keys: list[np.ndarray], values: list[np.ndarray]) -> np.ndarray:
@@ -210,7 +219,10 @@ class PrefixTuningModel(PeftModel):
         """The prefix matrix made of the frozen LM's activations on ``init_text`` (tiled to P)."""
         config = self.peft_config
         ids = tile_ids(
-            resolve_token_ids("PrefixTuningConfig.init_text", config.init_text, config.tokenizer),
+            resolve_token_ids(
+                "PrefixTuningConfig.init_text", config.init_text, config.tokenizer,
+                self.base_model.config.vocab_size,
+            ),
             config.num_virtual_tokens,
         )  # (P,)
         if self.mode == "embedding_only":
@@ -277,7 +289,9 @@ class PrefixTuningModel(PeftModel):
 
     # ------------------------------------------------------------------ merging and saving
     def merge(self) -> PrefixTuningModel:
-        """Bake the MLP's output into a plain prefix parameter (P, width); a no-op when direct."""
+        """Bake the MLP's output into a plain prefix parameter (P, width); a no-op when direct.
+
+        An optimizer built before the merge refuses to step afterwards (``PrefixEncoder.merge``)."""
         self.prefix_encoder.merge()
         return self
 

@@ -59,6 +59,8 @@ def frequent_token_ids(vocab_size: int, top_k: int, token_counts: Any = None) ->
     if isinstance(token_counts, dict):
         counts = np.zeros(vocab_size)
         for token_id, count in token_counts.items():
+            if not 0 <= int(token_id) < vocab_size:
+                raise ValueError(f"token_counts: token id {token_id} is out of range for {vocab_size} tokens")
             counts[int(token_id)] = count
     else:
         counts = np.asarray(token_counts, dtype=np.float64)
@@ -75,13 +77,14 @@ def sample_vocab_ids(n: int, pool: np.ndarray, rng: np.random.Generator) -> np.n
     return rng.choice(pool, size=n, replace=n > len(pool))
 
 
-def label_token_ids(config: PromptTuningConfig) -> list[list[int]]:
-    """Each class label as its token ids (strings are encoded with the config's tokenizer)."""
+def label_token_ids(config: PromptTuningConfig, vocab_size: int | None = None) -> list[list[int]]:
+    """Each class label as its token ids (strings are encoded with the config's tokenizer), each
+    in [0, vocab_size) when ``vocab_size`` is given."""
     labels = []
     for i, label in enumerate(config.class_labels):
         if isinstance(label, int | np.integer):
-            label = [int(label)]
-        labels.append(resolve_token_ids(f"class_labels[{i}]", label, config.tokenizer))
+            label = [label]
+        labels.append(resolve_token_ids(f"class_labels[{i}]", label, config.tokenizer, vocab_size))
     return labels
 
 
@@ -94,12 +97,12 @@ def initial_prompt(config: PromptTuningConfig, wte: np.ndarray) -> np.ndarray:
     if config.init == "random_normal":
         return rng.standard_normal((P, d))  # (P, d)
     if config.init == "text":
-        ids = resolve_token_ids("PromptTuningConfig.init_text", config.init_text, config.tokenizer)
+        ids = resolve_token_ids("PromptTuningConfig.init_text", config.init_text, config.tokenizer, V)
         return wte[np.resize(np.asarray(ids), P)].copy()  # (P, d): ids tiled or cut to P
     pool = frequent_token_ids(V, config.sample_top_k, config.token_counts)
     if config.init == "sampled_vocab":
         return wte[sample_vocab_ids(P, pool, rng)].copy()  # (P, d)
-    labels = label_token_ids(config)  # class_labels
+    labels = label_token_ids(config, V)  # class_labels
     if len(labels) > P:
         raise ValueError(f"PromptTuningConfig: {len(labels)} class labels do not fit in {P} virtual tokens")
     label_rows = [wte[ids].mean(axis=0) for ids in labels]  # one (d,) per label, multi-token labels averaged
@@ -122,7 +125,7 @@ class PromptTuningModel(PeftModel):
     def initialize_adapter(self) -> None:
         """The soft prompt's starting value for ``peft_config.init`` (see ``initial_prompt``)."""
         wte = self.base_model.wte.weight.data  # (V, d)
-        self.soft_prompt.weight.data[...] = initial_prompt(self.peft_config, wte).astype(wte.dtype)  # (P, d)
+        self.soft_prompt.weight.copy_(initial_prompt(self.peft_config, wte).astype(wte.dtype))  # (P, d)
 
     @property
     def num_virtual_tokens(self) -> int:
