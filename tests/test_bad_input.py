@@ -555,9 +555,9 @@ def rewrite(path, change) -> None:
 @pytest.mark.parametrize(
     "corrupt, match",
     [
-        (lambda p: p.write_text('{"format": "tinypft-adapter", '), "adapter_config.json: not valid JSON"),
+        (lambda p: p.write_text('{"format": "tinypft-adapter", '), "adapter_config.json is not valid JSON"),
         (lambda p: p.write_text("[1, 2]"), "adapter_config.json: not a tinypft adapter config"),
-        (lambda p: p.write_bytes(b"\xff\xfe\x00"), "adapter_config.json: not"),
+        (lambda p: p.write_bytes(b"\xff\xfe\x00"), "adapter_config.json is not UTF-8 text"),
         (lambda p: rewrite(p, lambda r: r.pop("tensors")), "adapter_config.json: tensors is missing"),
         (lambda p: rewrite(p, lambda r: r.update(peft_config="prefix")),
          "adapter_config.json: peft_config is not a dict"),

@@ -393,12 +393,7 @@ BASE_RECORD_FIELDS: dict[str, type] = {"config": dict, "parameters": dict, "froz
 def read_adapter_config(path: Path) -> dict[str, Any]:
     """``adapter_config.json`` as a dict, checked: valid JSON, a tinypft adapter, every field
     ``save_pretrained`` writes there with the right type. Errors name the file."""
-    try:
-        record = read_json(path)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file") from None
+    record = read_json(path)  # its errors name the file: not UTF-8 text, not valid JSON
     if not isinstance(record, dict) or record.get("format") != ADAPTER_FORMAT:
         found = record.get("format") if isinstance(record, dict) else type(record).__name__
         raise ValueError(f"{path}: not a tinypft adapter config (format {found!r})")
