@@ -2,21 +2,21 @@
 
     tinypft findings                          # every experiment, 3 seeds, small model -> docs/results.md
     tinypft findings --only bitfit,prefix_modes --seeds 0,1,2,3,4
-    tinypft findings --quick --only bitfit    # a few steps: checks that everything runs (seconds)
+    tinypft findings --quick --only prompt_init    # a few steps: checks that everything runs
 
 An experiment is a list of rows (e.g. "prefix", "full"); a row is one ``FinetuneSettings`` run per
-seed. Every finished run's record goes into a JSON cache keyed by its settings, so an interrupted
-run resumes and a second call skips what is done; runs shared by experiments (the default prefix
-run appears in five of them) are trained once. Each row is summarized by the mean, the sample
-standard deviation and the per-seed values of every metric, and each claim gets sentences computed
-from those numbers. Nothing is chosen on test: where a choice is made (random_subset's learning
-rate, the best prefix length) it is made on dev, and the verdicts read the test numbers of what dev
-chose.
+seed. A row's learning rate is chosen, among the method's default times a few factors, on the first
+seed's validation loss (``Context.tuned``), and every run keeps its step with the lowest validation
+loss: nothing is chosen on test. Every finished run's record goes into a JSON cache keyed by its
+settings, so an interrupted call resumes and a second call skips what is done; runs shared by
+experiments are trained once, two at a time in processes of their own (``--jobs``). Each row is
+summarized by the mean, the sample standard deviation and the per-seed values of every metric, and
+each claim gets a verdict computed from those numbers by rules that cannot mislead (``verdicts.py``).
 
-    runs.py          one run: its settings (RunSpec), the budget, the cache (Context), execute
+    runs.py          one run: its settings (RunSpec), the budget, the cache and the sweeps (Context), execute
     verdicts.py      statistics over seeds and the rules that turn them into verdicts
-    experiments.py   the findings: each claim's rows and verdict, EXPERIMENTS, run_experiments
-    report.py        results.md (a table and the verdicts per finding) and results/findings.json
+    experiments.py   the findings: each claim's rows and verdicts, EXPERIMENTS, run_experiments
+    report.py        results.md (the paper against tinypft; a table and the verdicts per finding) and JSON
     cli.py           the command line
 """
 

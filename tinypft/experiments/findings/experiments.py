@@ -533,7 +533,11 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                "with 50-500 training examples prefix-tuning (initialized with real words) beats fine-tuning "
                "by 2.9 BLEU on average", "e2e", lowdata_rows, lowdata_verdict),
     Experiment("prefix_modes", "Prefix, infix, embedding-only", CITE["prefix"],
-               "prefix (70.3 BLEU) > infix (67.2, P = 10) > embedding-only (62.2, P = 10) on E2E (table 5)",
+               "prefix (70.3 BLEU) > infix (67.2, P = 10) > embedding-only (62.2, P = 10) on E2E (table 5). "
+               "tinypft's infix is P trainable keys and values at every layer between x and y, seen only "
+               "by y ([x; INFIX; y] as the paper writes it); the authors' code runs the LM over [x; infix] "
+               "and adds its trainable values at the infix positions, so there the infix activations also "
+               "depend on x",
                "e2e", modes_rows, modes_verdict),
     Experiment("prefix_mlp", "The prefix MLP", CITE["prefix"],
                "optimizing the prefix directly is unstable (sensitive to the learning rate and the "
