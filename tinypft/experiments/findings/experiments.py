@@ -68,14 +68,18 @@ def plan(experiments: Sequence[Experiment], ctx: Context,
     (no WebNLG data, a checkpoint that does not load) is left out, its reason added to ``skipped``."""
     built, needed = {}, []
     for exp in experiments:
+        ctx.pending = []
         try:
             rows = exp.rows(ctx)
         except NeedsRuns as waiting:
-            needed += waiting.specs
+            needed += ctx.pending + waiting.specs
             continue
         except (ValueError, FileNotFoundError) as err:
             if skipped is not None and not any(m.startswith(exp.name + ":") for m in skipped):
                 skipped.append(f"{exp.name}: {err}")
+            continue
+        if ctx.pending:  # learning-rate sweeps first: the rows built now are stand-ins
+            needed += ctx.pending
             continue
         built[exp.name] = rows
         needed += [s for row in rows for s in row.specs if ctx.record(s) is None]

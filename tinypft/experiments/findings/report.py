@@ -62,12 +62,15 @@ def experiment_section(exp: Experiment, ctx: Context, skipped: Sequence[str]) ->
     """The claim, the table, the learning rates chosen and the verdicts of ``exp``; or, while a run
     is missing, how to run it."""
     note = next((m for m in skipped if m.startswith(exp.name + ":")), None)
+    ctx.pending = []
     try:
         rows = None if note else exp.rows(ctx)
     except NeedsRuns:
         rows = None
     except (ValueError, FileNotFoundError) as err:  # e.g. a checkpoint that does not load yet
         rows, note = None, str(err).replace(f"{Path.cwd()}/", "")
+    if ctx.pending:  # a learning-rate sweep is missing: the rows are stand-ins
+        rows = None
     summary = summarize_rows(rows, ctx) if rows else None
     head = f"## {exp.name}: {exp.title}\n\n**Claim** ({exp.claim_source}): {exp.claim}.\n"
     if summary is None:

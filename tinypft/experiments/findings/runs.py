@@ -126,6 +126,7 @@ class Context:
     progress: bool = True
     cache: dict[str, Any] = field(default_factory=dict)
     tokenizer: Any = None
+    pending: list[RunSpec] = field(default_factory=list)  # sweep runs that ``tuned`` rows wait for
 
     def __post_init__(self) -> None:
         self.tokenizer = self.tokenizer or load_tokenizer()
@@ -165,8 +166,10 @@ class Context:
     def tuned(self, label: str, method: str, lrs: Sequence[float] | None = None,
               seeds: Sequence[int] | None = None, components: Any = None, **overrides: Any) -> Row:
         """A row at the learning rate, of ``lrs`` (default: the method's default times the budget's
-        factors), with the lowest validation loss on the first seed; raises ``NeedsRuns`` until
-        those sweep runs are cached."""
+        factors), with the lowest validation loss on the first seed. Until those sweep runs are
+        cached, they are added to ``pending`` and a stand-in row at the first learning rate is
+        returned, so that one pass over an experiment's rows collects every sweep it needs
+        (``plan`` runs them, and builds the rows again)."""
         task = overrides.get("task", "e2e")
         if lrs is None:
             lrs = [self.default_lr(method, task) * f for f in self.budget.lr_factors]
@@ -175,7 +178,8 @@ class Context:
                  for lr in lrs}
         missing = [s for s in sweep.values() if self.record(s) is None]
         if missing:
-            raise NeedsRuns(missing)
+            self.pending += missing
+            return self.row(label, method, seeds=seeds, components=components, lr=lrs[0], **overrides)
         losses = {lr: self.record(s)["valid_loss"] for lr, s in sweep.items()}
         best = min(losses, key=lambda lr: (losses[lr] is None, losses[lr] or 0.0))
         row = self.row(label, method, seeds=seeds, components=components, lr=best, **overrides)
