@@ -24,6 +24,7 @@ from .lesson01_autograd import (
 from .lesson02_transformer import (
     check_attention,
     check_causal_mask,
+    check_gpt_logits,
     check_layer_norm,
     check_multi_head_attention,
     check_parameter_count,
@@ -43,7 +44,7 @@ from .make import list_exercises, make_student_versions, strip_solutions
 __all__ = [
     "check_topological_sort", "check_unbroadcast", "check_mul_backward", "check_central_difference",
     "check_causal_mask", "check_attention", "check_multi_head_attention", "check_layer_norm",
-    "check_parameter_count",
+    "check_parameter_count", "check_gpt_logits",
     "check_count_pairs", "check_merge_pair", "check_lm_loss", "check_pack_documents",
     "check_bias_parameter_names", "check_freeze_all_but_biases", "check_bias_change",
     "check_prefix_attention", "check_prefix_mlp", "check_prefix_param_count",

@@ -14,10 +14,19 @@ from typing import Any
 import numpy as np
 
 from ..engine import Tensor, gradcheck
-from ..engine.autograd import Context, Function
+from ..engine.autograd import Context, Function, _topological_order
 from ..engine.gradcheck import GradcheckError
-from ..engine.ops import unbroadcast
-from .common import call_student, compare_arrays, fail, float64_leaf, passed
+from ..engine.ops import Mul, unbroadcast
+from .common import call_student, compare_arrays, fail, float64_leaf, passed, refuse_library
+
+# What each checker refuses: tinypft's own implementation of the exercise (label -> object).
+LIBRARY: dict[str, dict[str, Any]] = {
+    "topological_sort": {"topological sort (tinypft.engine.autograd._topological_order)": _topological_order},
+    "unbroadcast": {"unbroadcast (tinypft.engine.ops.unbroadcast)": unbroadcast},
+    "mul": {"Mul (tinypft.engine.ops.Mul)": Mul},
+    "central_difference": {"gradcheck (tinypft.engine.gradcheck.gradcheck)": gradcheck},
+}
+
 
 
 class _Node:
@@ -79,6 +88,7 @@ def check_topological_sort(fn: Callable[[Any], Sequence[Any]]) -> None:
     """``fn(root)`` must return root and every node reachable through ``._prev``, each exactly once,
     every node after all the nodes in its ``._prev``; so the root comes last."""
     check = "check_topological_sort"
+    refuse_library(check, fn, LIBRARY["topological_sort"])
     graphs = _graphs()
     for name, root, reachable in graphs:
         try:
@@ -147,6 +157,7 @@ UNBROADCAST_CASES = [
 def check_unbroadcast(fn: Callable[[np.ndarray, tuple[int, ...]], np.ndarray]) -> None:
     """``fn(grad, shape)`` must sum a gradient of the broadcast shape back down to ``shape``."""
     check = "check_unbroadcast"
+    refuse_library(check, fn, LIBRARY["unbroadcast"])
     rng = np.random.default_rng(1)
     hint = (
         "sum over the leading axes that broadcasting prepended, then (with keepdims=True) over every axis "
@@ -192,6 +203,7 @@ def check_mul_backward(op: type) -> None:
     """``op`` must be a ``Function`` computing a * b, with a backward that sums broadcast axes back,
     returns None for an input whose ``ctx.needs_input_grad`` is False, and passes a gradcheck."""
     check = "check_mul_backward"
+    refuse_library(check, op, LIBRARY["mul"])
     if not (isinstance(op, type) and issubclass(op, Function)):
         fail(
             check,
@@ -250,6 +262,7 @@ def check_central_difference(
     """``fn(f, x, eps)`` must return the array of (f(x + eps e_j) - f(x - eps e_j)) / (2 eps), x's shape,
     leaving ``x`` as it found it."""
     check = "check_central_difference"
+    refuse_library(check, fn, LIBRARY["central_difference"])
     cases: list[
         tuple[
             str, Callable[[np.ndarray], float], Callable[[np.ndarray], np.ndarray], np.ndarray, float, float

@@ -8,29 +8,59 @@ Each checker reports as ``common`` describes: one line when everything agrees, e
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from ..engine import Tensor, default_dtype, set_fused_kernels
+from ..engine import Tensor, default_dtype, fused, set_fused_kernels
 from ..engine import functional as F
-from ..model import GPT, CausalSelfAttention, GPTConfig
+from ..model import GPT, Block, CausalSelfAttention, GPTConfig
+from ..nn import LayerNorm
 from .common import (
     as_array,
     call_student,
     compare_arrays,
     fail,
     float64_leaf,
+    forbid_forward,
     gradients_of,
     matches,
     passed,
     preserved_engine_state,
+    refuse_library,
     require_tensor_with_graph,
 )
+
+# What each checker refuses: tinypft's own implementation of the exercise (label -> object).
+LIBRARY: dict[str, dict[str, Any]] = {
+    "causal_mask": {"causal_mask (tinypft.engine.functional.causal_mask)": F.causal_mask,
+                    "attention mask (GPT._attention_mask)": GPT._attention_mask},
+    "attention": {"attention (tinypft.engine.functional.attention)": F.attention,
+                  "fused attention (tinypft.engine.fused.attention)": fused.attention,
+                  "fused attention (tinypft.engine.fused.Attention)": fused.Attention,
+                  "CausalSelfAttention (tinypft.model.CausalSelfAttention)": CausalSelfAttention},
+    "multi_head_attention": {"CausalSelfAttention.forward (tinypft.model.CausalSelfAttention)":
+                             CausalSelfAttention, "Block (tinypft.model.Block)": Block},
+    "layer_norm": {"layer_norm (tinypft.engine.functional.layer_norm)": F.layer_norm,
+                   "fused layer_norm (tinypft.engine.fused.layer_norm)": fused.layer_norm,
+                   "fused LayerNorm (tinypft.engine.fused.LayerNorm)": fused.LayerNorm,
+                   "LayerNorm module (tinypft.nn.LayerNorm)": LayerNorm},
+    "parameter_count": {"GPT (tinypft.model.GPT)": GPT,
+                        "GPTConfig.num_parameters": GPTConfig.num_parameters},
+    "gpt_logits": {"GPT.forward (tinypft.model.GPT)": GPT.forward,
+                   "GPT._embed": GPT._embed, "GPT._run_blocks": GPT._run_blocks},
+}
+# Reading an attribute of one of these names is refused too (label of what it would use).
+ATTRIBUTES: dict[str, dict[str, str]] = {
+    "parameter_count": {"num_parameters": "parameter count (num_parameters)"},
+    "gpt_logits": {"_embed": "GPT._embed", "_run_blocks": "GPT._run_blocks"},
+}
 
 
 def check_causal_mask(fn: Callable[[int, int], np.ndarray]) -> None:
     """``fn(num_queries, num_keys)`` must equal ``functional.causal_mask``: boolean, True where allowed."""
     check = "check_causal_mask"
+    refuse_library(check, fn, LIBRARY["causal_mask"])
     sizes = [(1, 1), (4, 4), (5, 5), (1, 5), (3, 7), (2, 3)]
     hint = (
         "queries are the LAST num_queries positions: query i sits at key position num_keys - num_queries + i "
@@ -102,6 +132,7 @@ def check_layer_norm(fn: Callable[[Tensor, Tensor, Tensor, float], Tensor]) -> N
     """``fn(x, weight, bias, eps)``, built from Tensor ops, must match ``functional.layer_norm`` in value
     and gradient."""
     check = "check_layer_norm"
+    refuse_library(check, fn, LIBRARY["layer_norm"])
     rng = np.random.default_rng(4)
     cases = [((4, 6), 1.0, 0.0), ((2, 3, 5), 5.0, 10.0), ((1, 8), 3.0, -100.0), ((3, 1, 4), 0.1, 0.0)]
     for shape, scale, shift in cases:
@@ -190,6 +221,7 @@ def check_attention(fn: Callable[[Tensor, Tensor, Tensor, np.ndarray | None], Te
 
     q (B, H, Tq, d), k and v (B, H, Tk, d), mask boolean broadcastable to (B, H, Tq, Tk) or None."""
     check = "check_attention"
+    refuse_library(check, fn, LIBRARY["attention"])
     rng = np.random.default_rng(5)
     padding = np.ones((2, 1, 4, 4), bool)
     padding[1, :, :, :2] = False  # row 1: its first two keys are padding
@@ -288,6 +320,7 @@ def check_multi_head_attention(fn: Callable[[CausalSelfAttention, Tensor, np.nda
     """``fn(attn, x, mask)`` must equal ``attn(x, mask)[0]`` for a ``CausalSelfAttention`` ``attn``, in value
     and in the gradients of x and of every projection's weight and bias."""
     check = "check_multi_head_attention"
+    refuse_library(check, fn, LIBRARY["multi_head_attention"])
     rng = np.random.default_rng(6)
     cases = [(8, 2, 1, 5), (12, 3, 2, 4), (8, 1, 2, 3), (8, 4, 1, 6)]
     for i, (d, H, B, T) in enumerate(cases):
@@ -297,7 +330,8 @@ def check_multi_head_attention(fn: Callable[[CausalSelfAttention, Tensor, np.nda
         if B > 1:
             mask[1, :, :, 0] = False  # the second row's first token is padding
         where = f"d_model={d}, n_heads={H}, x of shape {(B, T, d)}"
-        out = call_student(check, where, fn, attn, x, mask)
+        with forbid_forward(check, attn, "CausalSelfAttention forward, attn(x, mask)"):
+            out = call_student(check, where, fn, attn, x, mask)
         out = require_tensor_with_graph(check, where, out, [x])
         ref, _ = attn(x, mask)
         if not matches(out, ref.data):
@@ -356,6 +390,7 @@ def _parameter_parts(config: GPTConfig) -> dict[str, int]:
 def check_parameter_count(fn: Callable[[GPTConfig], int]) -> None:
     """``fn(config)`` must return the number of parameters of ``GPT(config)`` (the LM head is tied to wte)."""
     check = "check_parameter_count"
+    refuse_library(check, fn, LIBRARY["parameter_count"], ATTRIBUTES["parameter_count"])
     configs = [
         GPTConfig(vocab_size=16, context_length=12, d_model=8, n_layers=2, n_heads=2),
         GPTConfig(vocab_size=50, context_length=20, d_model=12, n_layers=1, n_heads=3, d_ff=20),
@@ -392,3 +427,66 @@ def check_parameter_count(fn: Callable[[GPTConfig], int]) -> None:
     passed(check, f"{len(configs)} configurations, up to the size of GPT-2 small, 124M parameters")
 
 
+
+
+def _gpt_by_parts(model: GPT, ids: np.ndarray, positions: bool = True, causal: bool = True,
+                  final_norm: bool = True) -> np.ndarray:
+    """The logits of ``model`` on ``ids`` from its parts, optionally leaving one part out (a mistake)."""
+    B, T = ids.shape
+    h = model.wte(ids)
+    if positions:
+        h = h + model.wpe(np.arange(T))
+    mask = F.causal_mask(T, T) if causal else np.ones((T, T), bool)
+    for block in model.blocks:
+        h, _ = block(h, mask)
+    if final_norm:
+        h = model.ln_f(h)
+    return F.linear(h, model.wte.weight).data
+
+
+def check_gpt_logits(fn: Callable[[GPT, np.ndarray], Tensor]) -> None:
+    """``fn(model, ids)`` must compute the logits (B, T, V) of a ``GPT`` on unpadded token ids (B, T) from
+    the model's parts (``wte``, ``wpe``, the blocks under the causal mask, ``ln_f`` and the head tied to
+    ``wte``), equal to ``model(ids).logits`` in value and in the gradient of every parameter. Calling
+    the model itself is refused."""
+    check = "check_gpt_logits"
+    refuse_library(check, fn, LIBRARY["gpt_logits"], ATTRIBUTES["gpt_logits"])
+    rng = np.random.default_rng(7)
+    cases = [(16, 12, 8, 1, 2, 1, 5), (20, 10, 8, 2, 2, 2, 6), (12, 8, 12, 3, 3, 2, 8)]
+    for V, ctx, d, L, H, B, T in cases:
+        config = GPTConfig(vocab_size=V, context_length=ctx, d_model=d, n_layers=L, n_heads=H)
+        with preserved_engine_state(), default_dtype(np.float64):
+            model = GPT(config)
+        for _, p in model.named_parameters():
+            p.data[...] = rng.normal(0.0, 0.4, size=p.shape)  # every bias and LayerNorm shift matters
+        ids = rng.integers(0, V, (B, T))
+        where = f"a {L}-layer GPT (V={V}, d={d}, {H} heads), ids of shape {(B, T)}"
+        with forbid_forward(check, model, "GPT forward, model(ids)"):
+            out = call_student(check, where, fn, model, ids,
+                               hint="embed (wte and wpe), run the blocks with a causal mask, ln_f, tied head")
+        params = [p for _, p in model.named_parameters()]
+        out = require_tensor_with_graph(check, where, out, params)
+        with preserved_engine_state():
+            set_fused_kernels(False)
+            ref = model(ids).logits
+        if not matches(out, ref.data):
+            mistakes = [
+                (dict(positions=False),
+                 "add the position embeddings: model.wpe(np.arange(T)), one row per position"),
+                (dict(causal=False),
+                 "each block needs the causal mask, F.causal_mask(T, T): no token may see the ones after it"),
+                (dict(final_norm=False), "after the last block comes the final LayerNorm, model.ln_f"),
+            ]
+            for options, hint in mistakes:
+                if matches(out, _gpt_by_parts(model, ids, **options)):
+                    fail(check, f"{where}: the logits are wrong", hint)
+        compare_arrays(check, f"{where}: logits", out, ref.data,
+                       "logits = ln_f(blocks(wte[ids] + wpe[positions])) @ wte.weight^T (the head is tied)")
+        g = rng.standard_normal(ref.shape)
+        names = [name for name, _ in model.named_parameters()]
+        got_grads = call_student(check, f"{where}: backward", gradients_of, out, g, params)
+        for name, got_g, ref_g in zip(names, got_grads, gradients_of(ref, g, params)):
+            compare_arrays(check, f"{where}: gradient of {name}", got_g, ref_g,
+                           "use the model's own modules and tables so that its parameters get their "
+                           "gradients; the head is wte.weight itself, not a copy")
+    passed(check, f"{len(cases)} models of 1 to 3 layers; logits and the gradients of every parameter")

@@ -12,9 +12,34 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Tensor, set_fused_kernels
+from ..data.tokenizer import Tokenizer, merge_pair
+from ..engine import Tensor, fused, set_fused_kernels
 from ..engine import functional as F
-from .common import as_array, call_student, compare_arrays, fail, passed, preserved_engine_state
+from ..model import GPT
+from ..train.batching import pack_documents
+from ..train.pretrain import corpus_windows
+from .common import (
+    as_array,
+    call_student,
+    compare_arrays,
+    fail,
+    passed,
+    preserved_engine_state,
+    refuse_library,
+)
+
+# What each checker refuses: tinypft's own implementation of the exercise (label -> object).
+LIBRARY: dict[str, dict[str, Any]] = {
+    "count_pairs": {"tokenizer training (tinypft.data.Tokenizer.train)": Tokenizer.train},
+    "merge_pair": {"merge_pair (tinypft.data.tokenizer.merge_pair)": merge_pair},
+    "lm_loss": {"cross_entropy (tinypft.engine.functional.cross_entropy)": F.cross_entropy,
+                "fused cross_entropy (tinypft.engine.fused.cross_entropy)": fused.cross_entropy,
+                "log_softmax (tinypft.engine.functional.log_softmax)": F.log_softmax,
+                "softmax (tinypft.engine.functional.softmax)": F.softmax,
+                "GPT.lm_loss": GPT.lm_loss},
+    "pack_documents": {"pack_documents (tinypft.train.batching.pack_documents)": pack_documents,
+                       "corpus_windows (tinypft.train.pretrain.corpus_windows)": corpus_windows},
+}
 
 
 def _reference_pair_counts(words: dict[tuple[int, ...], int], weighted: bool = True,
@@ -49,6 +74,7 @@ def check_count_pairs(fn: Callable[[dict[tuple[int, ...], int]], dict[tuple[int,
     """``fn(words)``, with ``words`` mapping a word (a tuple of token ids) to how often it occurs, must
     count every pair of adjacent ids, each occurrence weighted by its word's count."""
     check = "check_count_pairs"
+    refuse_library(check, fn, LIBRARY["count_pairs"])
     text = "the cat sat on the mat; the cats saw the hat"
     words_of_text: dict[tuple[int, ...], int] = {}
     for word in text.replace(";", " ;").split(" "):
@@ -93,6 +119,7 @@ def check_merge_pair(fn: Callable[[list[int], tuple[int, int], int], list[int]])
     from ..data.tokenizer import merge_pair
 
     check = "check_merge_pair"
+    refuse_library(check, fn, LIBRARY["merge_pair"])
     cases = [
         ([1, 2, 3, 1, 2], (1, 2), 9),
         ([5, 1, 2], (1, 2), 9),
@@ -164,6 +191,7 @@ def check_lm_loss(fn: Callable[[np.ndarray, np.ndarray], float]) -> None:
     input ids, must return ``GPT.lm_loss``: the mean next-token cross-entropy, position t scored against
     ``labels[:, t + 1]``, targets of -100 skipped."""
     check = "check_lm_loss"
+    refuse_library(check, fn, LIBRARY["lm_loss"])
     rng = np.random.default_rng(7)
     source_and_padding = rng.integers(0, 7, (2, 6))
     source_and_padding[0, :3] = -100  # a source that is not learned
@@ -230,6 +258,7 @@ def check_pack_documents(fn: Callable[..., np.ndarray]) -> None:
     from ..train.batching import pack_documents as reference
 
     check = "check_pack_documents"
+    refuse_library(check, fn, LIBRARY["pack_documents"])
     docs = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
     cases: list[tuple[str, list[list[int]], int, int, int | None]] = [
         ("3 documents, 12 tokens with eos, windows of 4", docs, 4, 0, None),

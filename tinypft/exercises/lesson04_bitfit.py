@@ -1,5 +1,7 @@
-"""Checkers for lesson 4 (BitFit): which parameters BitFit trains, freezing everything else, and
-how far each bias moved, (1/dim) ||b0 - bF||_1 per component and layer.
+"""Checkers for lesson 4 (BitFit): the value bias's gradient derived from the output bias's, the
+scatter that trains a random subset of weights (BitFit's control), and how far each bias moved,
+(1/dim) ||b0 - bF||_1 per component and layer; also which parameters BitFit trains and freezing
+everything else, for a course that sets those as exercises.
 
 The references are ``tinypft.peft.bitfit`` and ``tinypft.peft.analysis``. Each checker reports as
 ``common`` describes: one line when everything agrees, else an ``AssertionError`` naming the input,
@@ -8,14 +10,35 @@ with a hint.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ..engine import default_dtype, manual_seed
-from ..model import GPT, GPTConfig
-from .common import call_student, fail, passed, preserved_engine_state
+from ..engine import Tensor, default_dtype, gradcheck, manual_seed
+from ..engine import functional as F
+from ..engine.autograd import Context, Function
+from ..engine.gradcheck import GradcheckError
+from ..model import GPT, CausalSelfAttention, GPTConfig
+from ..peft import BitFitModel, analysis, get_peft_model
+from ..peft.bitfit import bitfit_parameter_names
+from ..peft.random_subset import AddAt, RandomSubsetModel
+from .common import call_student, compare_arrays, fail, passed, preserved_engine_state, refuse_library
+
+# What each checker refuses: tinypft's own implementation of the exercise (label -> object).
+LIBRARY: dict[str, dict[str, Any]] = {
+    "bias_names": {"bitfit_parameter_names (tinypft.peft.bitfit.bitfit_parameter_names)":
+                   bitfit_parameter_names,
+                   "BitFitModel (tinypft.peft.BitFitModel)": BitFitModel,
+                   "get_peft_model (tinypft.peft.get_peft_model)": get_peft_model},
+    "value_bias_grad": {"gradcheck (tinypft.engine.gradcheck.gradcheck)": gradcheck},
+    "scatter_add": {"AddAt (tinypft.peft.random_subset.AddAt)": AddAt,
+                    "RandomSubsetModel (tinypft.peft.RandomSubsetModel)": RandomSubsetModel},
+    "bias_change": {"bias_change (tinypft.peft.analysis.bias_change)": analysis.bias_change,
+                    "bias_change_table (tinypft.peft.analysis.bias_change_table)":
+                    analysis.bias_change_table},
+}
 
 # (where, config, classification labels or None)
 _MODEL_CASES: list[tuple[str, GPTConfig, int | None]] = [
@@ -81,6 +104,7 @@ def check_bias_parameter_names(fn: Callable[[GPT], Any]) -> None:
     order of ``model.named_parameters()``: every attention and FFN bias and every LayerNorm beta, plus
     the classification head (weight and bias) when the model has one; without changing the model."""
     check = "check_bias_parameter_names"
+    refuse_library(check, fn, LIBRARY["bias_names"])
     for where, config, num_labels in _MODEL_CASES:
         model = _build(config, num_labels)
         call = f"{where}: fn(model)"
@@ -121,6 +145,7 @@ def check_freeze_all_but_biases(fn: Callable[[GPT], Any]) -> None:
     from ..peft import BitFitConfig, get_peft_model
 
     check = "check_freeze_all_but_biases"
+    refuse_library(check, fn, LIBRARY["bias_names"])
     cases = [(f"{where}, every parameter trainable (as a GPT starts)", config, labels, True)
              for where, config, labels in _MODEL_CASES]
     where, config, labels = _MODEL_CASES[2]
@@ -259,6 +284,7 @@ def check_bias_change(fn: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]
     q, k, v, o, fc_in, fc_out, ln_1, ln_2; the final LayerNorm and the weights left out), as
     ``tinypft.peft.analysis.bias_change`` does, without changing its inputs."""
     check = "check_bias_change"
+    refuse_library(check, fn, LIBRARY["bias_change"])
     for where, before, after in _state_cases():
         call = f"{where}: fn(before, after)"
         copies = ({n: a.copy() for n, a in before.items()}, {n: a.copy() for n, a in after.items()})
@@ -306,3 +332,109 @@ def check_bias_change(fn: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]
     passed(check, "5 pairs of state dicts: GPT and PeftModel names, a partial `after`, tiny changes, "
                   "float32; the same table as tinypft.peft.analysis.bias_change")
 
+
+# ----------------------------------------------------------------------------- the value bias
+
+
+def check_value_bias_grad(fn: Callable[[np.ndarray, np.ndarray], Any]) -> None:
+    """``fn(w_o, grad_b_o)`` must return the gradient of ``v_proj.bias`` from ``o_proj.weight`` (d, d) and
+    the gradient of ``o_proj.bias`` (d,) alone: W_o^T grad_b_o, since every attention row sums to 1.
+    It is compared with the backward pass of attention modules on random inputs; running a backward
+    pass or a gradient check inside the function is refused."""
+    check = "check_value_bias_grad"
+    refuse_library(check, fn, LIBRARY["value_bias_grad"],
+                   {"backward": "backward pass (Tensor.backward): derive the gradient instead"})
+    rng = np.random.default_rng(8)
+    cases = [(8, 2, 1, 5), (12, 3, 2, 4), (6, 1, 3, 6)]
+    for d, H, B, T in cases:
+        config = GPTConfig(vocab_size=8, context_length=8, d_model=d, n_layers=1, n_heads=H)
+        with preserved_engine_state(), default_dtype(np.float64):
+            attn = CausalSelfAttention(config)
+        for _, p in attn.named_parameters():
+            p.data[...] = rng.normal(0.0, 0.5, size=p.shape)
+        x = Tensor(rng.standard_normal((B, T, d)), dtype=np.float64)
+        mask = np.broadcast_to(F.causal_mask(T, T), (B, 1, T, T)).copy()
+        if B > 1:
+            mask[1, :, :, :2] = False  # a left-padded row: its first two queries see no key at all
+        out, _ = attn(x, mask)
+        attn.zero_grad()
+        out.backward(rng.standard_normal(out.shape))
+        w_o, grad_b_o = attn.o_proj.weight.data.copy(), attn.o_proj.bias.grad.copy()
+        expected = attn.v_proj.bias.grad.copy()
+        where = f"d_model={d}, {H} head(s), x of shape {(B, T, d)}"
+        got = call_student(check, f"{where}: fn(w_o, grad_b_o)", fn, w_o, grad_b_o)
+        got_array = np.asarray(got.data if isinstance(got, Tensor) else got, dtype=np.float64)
+        if got_array.shape == expected.shape and np.allclose(got_array, w_o @ grad_b_o) and \
+                not np.allclose(expected, w_o @ grad_b_o):
+            fail(check, f"{where}: this is W_o grad_b_o; the gradient goes back through W_o transposed",
+                 "o_proj computes y W_o^T + b_o (Linear's layout: weight is (out, in)); the gradient of its "
+                 "input y is g W_o")
+        if got_array.shape != expected.shape or not np.allclose(got_array, expected, atol=1e-10, rtol=1e-8):
+            fail(check, f"{where}: got {np.array2string(got_array, precision=4, threshold=8)}, expected "
+                        f"{np.array2string(expected, precision=4, threshold=8)}",
+                 "b_v is added to every value v_j; each attention row sums to 1, so every output y_t gets "
+                 "exactly b_v, and o_proj maps it like an input: sum the gradient over positions and map it "
+                 "back through W_o")
+    passed(check, f"{len(cases)} attention modules, against their backward pass, with a padded row")
+
+
+# ----------------------------------------------------------------------------- the random-subset scatter
+
+
+def check_scatter_add(op: type) -> None:
+    """``op`` must be a ``Function``: ``forward(ctx, weight, delta, *, index)`` returns a copy of the
+    weight (out, in) with ``delta`` (n,) added at the flat positions ``index`` (n,) (the input left
+    unchanged), and ``backward(ctx, g)`` returns ``(g, g.flat[index])``, None where
+    ``ctx.needs_input_grad`` is False; ``op.apply`` passes a gradcheck."""
+    check = "check_scatter_add"
+    refuse_library(check, op, LIBRARY["scatter_add"])
+    if not (isinstance(op, type) and issubclass(op, Function)):
+        fail(check, f"expected a subclass of tinypft.Function, got {op!r}",
+             "write `class ScatterAdd(Function):` with static methods "
+             "forward(ctx, weight, delta, *, index) and backward(ctx, g)")
+    rng = np.random.default_rng(9)
+    cases = [((4, 5), 3), ((6, 3), 18), ((3, 8), 1), ((5, 5), 7)]
+    for shape, n in cases:
+        weight = rng.standard_normal(shape)
+        index = rng.choice(weight.size, size=n, replace=False)
+        delta = rng.standard_normal(n)
+        where = f"weight {shape}, {n} position(s)"
+        before = weight.copy()
+        ctx = Context((True, True))
+        forward = functools.partial(op.forward, ctx, weight, delta, index=index)
+        out = call_student(check, f"{where}: forward", forward)
+        if not np.array_equal(weight, before):
+            fail(check, f"{where}: forward changed the weight in place",
+                 "the frozen weight must stay as it is: add to a copy (weight.copy())")
+        expected = before.copy()
+        expected.reshape(-1)[index] += delta
+        hint = "out = weight.copy(); out.reshape(-1)[index] += delta (flat positions, row-major)"
+        compare_arrays(check, f"{where}: forward", out, expected, hint)
+        g = rng.standard_normal(shape)
+        grads = call_student(check, f"{where}: backward", op.backward, ctx, g)
+        if not isinstance(grads, tuple | list) or len(grads) != 2:
+            fail(check, f"{where}: backward returned {grads!r:.80}, expected a pair (d_weight, d_delta)")
+        compare_arrays(check, f"{where}: gradient of weight", grads[0], g,
+                       "out depends on the weight through the identity: its gradient is g itself")
+        compare_arrays(check, f"{where}: gradient of delta", grads[1], g.reshape(-1)[index],
+                       "delta[i] was added at flat position index[i], so its gradient is "
+                       "g.reshape(-1)[index] (the backward of a scatter is a gather)")
+        for needs in ((True, False), (False, True)):
+            ctx = Context(needs)
+            op.forward(ctx, weight, delta, index=index)
+            grads = op.backward(ctx, g)
+            frozen = needs.index(False)
+            if grads[frozen] is not None:
+                fail(check, f"{where}: backward with ctx.needs_input_grad={needs} computed a gradient for "
+                            f"{('weight', 'delta')[frozen]}, which does not need one",
+                     "return None for an input whose ctx.needs_input_grad entry is False: the frozen weight "
+                     "of a random subset needs no gradient")
+        w = Tensor(weight, requires_grad=True, dtype=np.float64)
+        dl = Tensor(delta, requires_grad=True, dtype=np.float64)
+        try:
+            gradcheck(functools.partial(op.apply, index=index), [w, dl], names=["weight", "delta"])
+        except NotImplementedError:
+            raise
+        except GradcheckError as exc:
+            fail(check, f"{where}: through the graph (op.apply and .backward()): {exc}")
+    passed(check, f"{len(cases)} weights and index sets: forward, backward, frozen inputs and gradcheck")

@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Tensor, ops, set_fused_kernels
+from ..engine import Tensor, fused, ops, set_fused_kernels
 from ..engine import functional as F
-from ..model import GPT, GPTConfig
+from ..model import GPT, Block, CausalSelfAttention, GPTConfig
+from ..peft import PrefixEncoder, PrefixTuningModel, counts, get_peft_model
+from ..peft.prefix import split_key_values
 from .common import (
     call_student,
     compare_arrays,
@@ -23,8 +25,29 @@ from .common import (
     gradients_of,
     passed,
     preserved_engine_state,
+    refuse_library,
     require_tensor_with_graph,
 )
+
+# What each checker refuses: tinypft's own implementation of the exercise (label -> object).
+LIBRARY: dict[str, dict[str, Any]] = {
+    "prefix_attention": {"CausalSelfAttention (tinypft.model.CausalSelfAttention)": CausalSelfAttention,
+                         "Block (tinypft.model.Block)": Block, "GPT (tinypft.model.GPT)": GPT,
+                         "fused attention (tinypft.engine.fused.attention)": fused.attention,
+                         "fused attention (tinypft.engine.fused.Attention)": fused.Attention},
+    "prefix_mlp": {"PrefixEncoder (tinypft.peft.PrefixEncoder)": PrefixEncoder,
+                   "split_key_values (tinypft.peft.prefix.split_key_values)": split_key_values,
+                   "PrefixTuningModel (tinypft.peft.PrefixTuningModel)": PrefixTuningModel,
+                   "get_peft_model (tinypft.peft.get_peft_model)": get_peft_model},
+    "prefix_param_count": {"prefix_training_count (tinypft.peft.counts.prefix_training_count)":
+                           counts.prefix_training_count,
+                           "prefix_inference_count (tinypft.peft.counts.prefix_inference_count)":
+                           counts.prefix_inference_count,
+                           "trainable_parameter_count (tinypft.peft.counts.trainable_parameter_count)":
+                           counts.trainable_parameter_count,
+                           "PrefixEncoder (tinypft.peft.PrefixEncoder)": PrefixEncoder,
+                           "get_peft_model (tinypft.peft.get_peft_model)": get_peft_model},
+}
 
 # ----------------------------------------------------------------------------- attention with a prefix
 
@@ -109,6 +132,7 @@ def check_prefix_attention(fn: Callable[..., Tensor]) -> None:
     where M lets every query see all P prefix positions and the real keys causally, with gradients
     reaching all five inputs."""
     check = "check_prefix_attention"
+    refuse_library(check, fn, LIBRARY["prefix_attention"])
     names = ["q", "k", "v", "prefix_k", "prefix_v"]
     grad_rng = np.random.default_rng(51)
     for where, arrays in _prefix_attention_cases():
@@ -230,6 +254,7 @@ def check_prefix_mlp(fn: Callable[..., Any]) -> None:
     from ..peft.prefix import split_key_values
 
     check = "check_prefix_mlp"
+    refuse_library(check, fn, LIBRARY["prefix_mlp"])
     rng = np.random.default_rng(52)
     shapes = [(1, 4, 3, 1, 1), (3, 4, 5, 2, 2), (5, 6, 8, 3, 2), (2, 8, 4, 2, 4)]  # P, d, k, L, H
     names = ["embedding", "w1", "b1", "w2", "b2"]
@@ -303,6 +328,7 @@ def check_prefix_param_count(fn: Callable[[int, int, int, int], tuple[int, int]]
     from ..peft.counts import GPT2_MEDIUM, prefix_inference_count, prefix_training_count
 
     check = "check_prefix_param_count"
+    refuse_library(check, fn, LIBRARY["prefix_param_count"])
     cases = [
         ("one layer, d=4, k=3, P=1", 1, 1, 4, 3),
         ("the tiny checkpoint's shape (2 layers, d=32), P=10, k=512", 10, 2, 32, 512),

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 from ..engine import Tensor, ops
+from ..model import GPT
+from ..peft import PromptEnsemble, PromptTuningModel, get_peft_model
+from ..peft import prompt as library_prompt
 from .common import (
     call_student,
     compare_arrays,
@@ -21,8 +24,24 @@ from .common import (
     gradients_of,
     passed,
     preserved_engine_state,
+    refuse_library,
     require_tensor_with_graph,
 )
+
+# What each checker refuses: tinypft's own implementation of the exercise (label -> object).
+LIBRARY: dict[str, dict[str, Any]] = {
+    "prepend_prompt": {"PromptTuningModel (tinypft.peft.PromptTuningModel)": PromptTuningModel,
+                       "GPT (tinypft.model.GPT)": GPT,
+                       "get_peft_model (tinypft.peft.get_peft_model)": get_peft_model},
+    "init": {"frequent_token_ids (tinypft.peft.prompt.frequent_token_ids)": library_prompt.frequent_token_ids,
+             "sample_vocab_ids (tinypft.peft.prompt.sample_vocab_ids)": library_prompt.sample_vocab_ids,
+             "initial_prompt (tinypft.peft.prompt.initial_prompt)": library_prompt.initial_prompt,
+             "label_token_ids (tinypft.peft.prompt.label_token_ids)": library_prompt.label_token_ids,
+             "PromptTuningModel (tinypft.peft.PromptTuningModel)": PromptTuningModel,
+             "get_peft_model (tinypft.peft.get_peft_model)": get_peft_model},
+    "majority_vote": {"majority_vote (tinypft.peft.prompt.majority_vote)": library_prompt.majority_vote,
+                      "PromptEnsemble (tinypft.peft.PromptEnsemble)": PromptEnsemble},
+}
 
 # ----------------------------------------------------------------------------- prepending the prompt
 
@@ -50,6 +69,7 @@ def check_prepend_prompt(fn: Callable[..., Any]) -> None:
     (B, P + T) whose first P columns are 1, followed by ``attention_mask``. Gradients must reach the
     prompt (summed over the batch) and the token embeddings."""
     check = "check_prepend_prompt"
+    refuse_library(check, fn, LIBRARY["prepend_prompt"])
     grad_rng = np.random.default_rng(61)
     for where, prompt_array, x_array, mask in _prepend_cases():
         P, d = prompt_array.shape
@@ -209,6 +229,7 @@ def check_sampled_vocab_init(fn: Callable[..., Any]) -> None:
     first and ties by the smaller id, as ``tinypft.peft.prompt.initial_prompt`` does for
     ``init="sampled_vocab"``."""
     check = "check_sampled_vocab_init"
+    refuse_library(check, fn, LIBRARY["init"])
     for where, wte, counts, P, top_k, seed in _init_cases():
         wte_in, counts_in = wte.copy(), counts.copy()
         call = f"{where}: fn(wte, {P}, token_counts, {top_k}, rng)"
@@ -246,6 +267,7 @@ def check_class_label_init(fn: Callable[..., Any]) -> None:
     ``check_sampled_vocab_init``); more labels than P raise a ValueError. This is
     ``initial_prompt`` for ``init="class_labels"``."""
     check = "check_class_label_init"
+    refuse_library(check, fn, LIBRARY["init"])
     for where, wte, counts, labels, P, top_k, seed in _label_cases():
         C = len(labels)
         call = f"{where}: fn(wte, {labels}, {P}, token_counts, {top_k}, rng)"
@@ -333,6 +355,7 @@ def check_majority_vote(fn: Callable[[np.ndarray], np.ndarray]) -> None:
     from ..peft.prompt import majority_vote
 
     check = "check_majority_vote"
+    refuse_library(check, fn, LIBRARY["majority_vote"])
     for where, predictions in _vote_cases():
         given = predictions.copy()
         call = f"{where}: fn(predictions of shape {predictions.shape})"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..model import GPT, GPTConfig
-from ..peft import get_peft_model
+from ..peft import counts, get_peft_model
 from ..peft.config import (
     BitFitConfig,
     FrozenConfig,
@@ -23,7 +23,19 @@ from ..peft.config import (
     PromptTuningConfig,
 )
 from ..peft.counts import trainable_parameter_count
-from .common import call_student, fail, passed, preserved_engine_state
+from .common import call_student, fail, passed, preserved_engine_state, refuse_library
+
+# What each checker refuses: tinypft's own implementation of the exercise (label -> object).
+LIBRARY: dict[str, dict[str, Any]] = {
+    "counts": {"trainable_parameter_count (tinypft.peft.counts.trainable_parameter_count)":
+               trainable_parameter_count,
+               "prefix_training_count (tinypft.peft.counts.prefix_training_count)":
+               counts.prefix_training_count,
+               "prefix_inference_count (tinypft.peft.counts.prefix_inference_count)":
+               counts.prefix_inference_count,
+               "get_peft_model (tinypft.peft.get_peft_model)": get_peft_model},
+    "pareto_front": {},
+}
 
 SHOWDOWN_METHODS = ("frozen", "full", "bitfit", "prefix", "prompt")
 
@@ -88,6 +100,7 @@ def check_trainable_count(fn: Callable[[str, GPTConfig, int], int]) -> None:
     P' and the MLP of width k = 512 it trains through (P virtual tokens), "prompt" P d; the numbers
     ``tinypft.peft.counts.trainable_parameter_count`` gives."""
     check = "check_trainable_count"
+    refuse_library(check, fn, LIBRARY["counts"])
     shapes = [
         (GPTConfig(vocab_size=16, context_length=12, d_model=8, n_layers=2, n_heads=2), 3),
         (GPTConfig(vocab_size=2048, context_length=128, d_model=32, n_layers=2, n_heads=2), 10),  # tiny
@@ -141,6 +154,7 @@ def check_storage_for_tasks(fn: Callable[[int, int, int, int], tuple[int, int]])
     (with_adapters, full_copies) in bytes: one shared base model plus one adapter per task, against
     one fine-tuned copy of the whole model per task."""
     check = "check_storage_for_tasks"
+    refuse_library(check, fn, LIBRARY["counts"])
     cases = [
         ("one task, a base of 100 and an adapter of 10, float32", 1, 100, 10, 4),
         ("3 tasks, base 1,000, adapter 7, float16", 3, 1_000, 7, 2),
@@ -230,6 +244,7 @@ def check_pareto_front(fn: Callable[[list[dict[str, Any]]], list[str]]) -> None:
     order of ``rows``: a row dominates another when it has at most as many trainable parameters
     (``trainable_params``) and at least as high a BLEU (``test_bleu``), and is strictly better in one."""
     check = "check_pareto_front"
+    refuse_library(check, fn, LIBRARY["pareto_front"])
     for where, rows in _pareto_cases():
         original = [dict(r) for r in rows]
         call = f"{where}: fn({[(r['method'], r['trainable_params'], r['test_bleu']) for r in rows]})"
