@@ -30,7 +30,13 @@ from .lesson02_transformer import (
     check_parameter_count,
 )
 from .lesson03_pretraining import check_count_pairs, check_lm_loss, check_merge_pair, check_pack_documents
-from .lesson04_bitfit import check_bias_change, check_bias_parameter_names, check_freeze_all_but_biases
+from .lesson04_bitfit import (
+    check_bias_change,
+    check_bias_parameter_names,
+    check_freeze_all_but_biases,
+    check_scatter_add,
+    check_value_bias_grad,
+)
 from .lesson05_prefix_tuning import check_prefix_attention, check_prefix_mlp, check_prefix_param_count
 from .lesson06_prompt_tuning import (
     check_class_label_init,
@@ -38,7 +44,13 @@ from .lesson06_prompt_tuning import (
     check_prepend_prompt,
     check_sampled_vocab_init,
 )
-from .lesson07_showdown import check_pareto_front, check_storage_for_tasks, check_trainable_count
+from .lesson07_showdown import (
+    check_bitfit_adamw_step,
+    check_infix_mask,
+    check_pareto_front,
+    check_storage_for_tasks,
+    check_trainable_count,
+)
 from .make import list_exercises, make_student_versions, strip_solutions
 
 __all__ = [
@@ -47,8 +59,10 @@ __all__ = [
     "check_parameter_count", "check_gpt_logits",
     "check_count_pairs", "check_merge_pair", "check_lm_loss", "check_pack_documents",
     "check_bias_parameter_names", "check_freeze_all_but_biases", "check_bias_change",
+    "check_value_bias_grad", "check_scatter_add",
     "check_prefix_attention", "check_prefix_mlp", "check_prefix_param_count",
     "check_prepend_prompt", "check_sampled_vocab_init", "check_class_label_init", "check_majority_vote",
     "check_trainable_count", "check_storage_for_tasks", "check_pareto_front",
+    "check_bitfit_adamw_step", "check_infix_mask",
     "list_exercises", "make_student_versions", "strip_solutions",
 ]

@@ -13,8 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from ..engine import default_dtype, manual_seed
+from ..engine import functional as F
 from ..model import GPT, GPTConfig
-from ..peft import counts, get_peft_model
+from ..optim import SGD, AdamW, Optimizer
+from ..peft import BitFitModel, counts, get_peft_model
+from ..peft.bitfit import bitfit_parameter_names
 from ..peft.config import (
     BitFitConfig,
     FrozenConfig,
@@ -23,7 +27,7 @@ from ..peft.config import (
     PromptTuningConfig,
 )
 from ..peft.counts import trainable_parameter_count
-from .common import call_student, fail, passed, preserved_engine_state, refuse_library
+from .common import call_student, compare_arrays, fail, passed, preserved_engine_state, refuse_library
 
 # What each checker refuses: tinypft's own implementation of the exercise (label -> object).
 LIBRARY: dict[str, dict[str, Any]] = {
@@ -35,6 +39,13 @@ LIBRARY: dict[str, dict[str, Any]] = {
                counts.prefix_inference_count,
                "get_peft_model (tinypft.peft.get_peft_model)": get_peft_model},
     "pareto_front": {},
+    "bitfit_step": {"AdamW (tinypft.optim.AdamW)": AdamW, "SGD (tinypft.optim.SGD)": SGD,
+                    "Optimizer (tinypft.optim.Optimizer)": Optimizer,
+                    "bitfit_parameter_names (tinypft.peft.bitfit.bitfit_parameter_names)":
+                    bitfit_parameter_names,
+                    "BitFitModel (tinypft.peft.BitFitModel)": BitFitModel,
+                    "get_peft_model (tinypft.peft.get_peft_model)": get_peft_model},
+    "infix_mask": {"attention mask (GPT._attention_mask)": GPT._attention_mask},
 }
 
 SHOWDOWN_METHODS = ("frozen", "full", "bitfit", "prefix", "prompt")
@@ -288,3 +299,112 @@ def check_pareto_front(fn: Callable[[list[dict[str, Any]]], list[str]]) -> None:
                                              f"dominated but returned {extra}" if extra else "") if part)
         fail(check, f"{call}: got {got}, expected {expected} ({detail})", hint)
     passed(check, f"{len(_pareto_cases())} sets of rows: ties, equal parameter counts, one row, a showdown")
+
+
+# ----------------------------------------------------------------------------- one BitFit step by hand
+
+
+def _bitfit_model(config: GPTConfig, seed: int) -> GPT:
+    with preserved_engine_state(), default_dtype(np.float64):
+        manual_seed(seed)
+        model = GPT(config)
+    rng = np.random.default_rng(seed)
+    for _, p in model.named_parameters():
+        p.data[...] = rng.normal(0.0, 0.3, size=p.shape)
+    return model
+
+
+def check_bitfit_adamw_step(fn: Callable[[GPT, np.ndarray, np.ndarray, float], Any]) -> None:
+    """``fn(model, ids, labels, lr)`` must take one BitFit training step by hand: train exactly the
+    biases and LayerNorm betas (``requires_grad``), compute the next-token loss, backpropagate, and
+    apply AdamW's first step (betas 0.9 and 0.999, eps 1e-8, no weight decay) to the trained
+    parameters only, returning the loss as a float. It is compared with ``tinypft.optim.AdamW`` on a
+    copy of the model; using an optimizer of the library is refused."""
+    check = "check_bitfit_adamw_step"
+    refuse_library(check, fn, LIBRARY["bitfit_step"])
+    rng = np.random.default_rng(11)
+    cases = [(GPTConfig(vocab_size=16, context_length=8, d_model=8, n_layers=1, n_heads=2), 2, 6, 1e-2),
+             (GPTConfig(vocab_size=20, context_length=10, d_model=8, n_layers=2, n_heads=2, d_ff=12),
+              3, 8, 3e-3)]
+    for i, (config, B, T, lr) in enumerate(cases):
+        mine, ref = _bitfit_model(config, 20 + i), _bitfit_model(config, 20 + i)
+        ids = rng.integers(0, config.vocab_size, (B, T))
+        labels = ids.copy()
+        labels[:, :2] = -100  # the first two tokens of each row are context: no loss
+        where = f"a {config.n_layers}-layer GPT (d={config.d_model}), ids {(B, T)}, lr={lr:g}"
+        before = {name: p.data.copy() for name, p in mine.named_parameters()}
+        got = call_student(check, f"{where}: fn(model, ids, labels, lr)", fn, mine, ids, labels, lr)
+        trained = set(bitfit_parameter_names(ref, BitFitConfig()))
+        for name, p in ref.named_parameters():
+            p.requires_grad = name in trained
+        loss = ref.lm_loss(ref(ids).logits, labels)
+        loss.backward()
+        AdamW([p for p in ref.parameters() if p.requires_grad], lr=lr, weight_decay=0.0).step()
+        if not isinstance(got, float | np.floating) or not np.isclose(got, loss.item(), rtol=1e-9):
+            fail(check, f"{where}: returned {got!r:.40}, expected the loss before the step, "
+                        f"{loss.item():.10g}",
+                 "return float(loss.item()) of model.lm_loss(model(ids).logits, labels)")
+        params = dict(mine.named_parameters())
+        for name, p in params.items():
+            if name not in trained and not np.array_equal(p.data, before[name]):
+                fail(check, f"{where}: {name} changed, but BitFit keeps every weight frozen",
+                     "update only the biases and LayerNorm betas (names ending in .bias)")
+            if name in trained and p.requires_grad is False:
+                fail(check, f"{where}: {name} does not require grad after the step, but BitFit trains it")
+        for name, p in ref.named_parameters():
+            if name not in trained:
+                continue
+            g = p.grad
+            clear = np.abs(g).min() > 1e-6  # a gradient far from 0, where the two updates differ
+            if clear and np.allclose(params[name].data, before[name] - lr * g, rtol=1e-9, atol=1e-12):
+                fail(check, f"{where}: {name} moved by lr * g, the SGD step",
+                     "AdamW's first step: m = (1 - beta1) g, v = (1 - beta2) g^2, bias-corrected to g and "
+                     "g^2, so each scalar moves by lr * g / (|g| + eps): about lr, whatever the size of g")
+            uncorrected = before[name] - lr * (0.1 * g) / (np.sqrt(0.001 * g * g) + 1e-8)
+            if clear and np.allclose(params[name].data, uncorrected, rtol=1e-9, atol=1e-12):
+                fail(check, f"{where}: {name}: the moments are not bias-corrected",
+                     "divide m by 1 - beta1^t and v by 1 - beta2^t (t = 1 on the first step)")
+            compare_arrays(check, f"{where}: {name} after the step", params[name].data, p.data,
+                           "p -= lr * m_hat / (sqrt(v_hat) + eps) with m_hat = m / (1 - beta1), "
+                           "v_hat = v / (1 - beta2) on step 1; leave the frozen weights alone",
+                           atol=1e-12, rtol=1e-7)
+    passed(check, f"{len(cases)} models; the loss, the frozen weights untouched and every trained parameter "
+                  "after AdamW's first step")
+
+
+# ----------------------------------------------------------------------------- the infix mask
+
+
+def check_infix_mask(fn: Callable[[np.ndarray, int, int], Any]) -> None:
+    """``fn(infix_start, P, T)`` must return the boolean attention mask (B, T, P + T) of an infix:
+    keys are the P infix keys, then the T tokens; token i sees the infix keys when i >= infix_start[b]
+    and the tokens 0..i always. It is compared with the mask ``GPT`` builds for ``kv_prefix_start``."""
+    check = "check_infix_mask"
+    refuse_library(check, fn, LIBRARY["infix_mask"])
+    cases = [(np.array([0]), 2, 4), (np.array([3]), 2, 5), (np.array([1, 4, 0]), 3, 4),
+             (np.array([5, 2]), 1, 5)]
+    for start, P, T in cases:
+        where = f"fn(infix_start={start.tolist()}, P={P}, T={T})"
+        got = call_student(check, where, fn, start.copy(), P, T)
+        expected = GPT._attention_mask(np.ones((len(start), T), bool), P, start, None)[:, 0]  # (B, T, P + T)
+        got_array = np.asarray(got)
+        if got_array.shape == expected.shape and got_array.dtype.kind == "b" and not np.array_equal(got_array,
+                                                                                                   expected):
+            after = np.arange(T)[None, :] > start[:, None]
+            strict = np.concatenate([np.broadcast_to(after[:, :, None], (len(start), T, P)),
+                                     np.broadcast_to(F.causal_mask(T, T), (len(start), T, T))], axis=2)
+            if np.array_equal(got_array, strict):
+                fail(check, f"{where}: the token at index infix_start does not see the infix",
+                     "the infix sits just before token infix_start: that token and all after it see it (>=)")
+            every = np.concatenate([np.ones((len(start), T, P), bool),
+                                    np.broadcast_to(F.causal_mask(T, T), (len(start), T, T))], axis=2)
+            if np.array_equal(got_array, every):
+                fail(check, f"{where}: every token sees the infix, as with a prefix",
+                     "only the tokens from infix_start[b] on see the infix keys, the source before it not")
+        if got_array.shape != expected.shape:
+            fail(check, f"{where}: got shape {got_array.shape}, expected {expected.shape} = (B, T, P + T)",
+                 "one row per token, one column per key: the P infix keys first, then the T tokens")
+        compare_arrays(check, where, got_array.astype(bool), expected,
+                       "columns 0..P-1 (the infix): True where the token index >= infix_start[b]; "
+                       "columns P..P+T-1: the causal mask of the tokens")
+    passed(check, f"{len(cases)} batches, the infix at the start, in the middle and after the last token")
