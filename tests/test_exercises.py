@@ -96,6 +96,14 @@ def multi_head_attention(attn, x, mask):
     return attn.o_proj(attention(q, k, v, mask).permute(0, 2, 1, 3).reshape(B, T, d))
 
 
+def gpt_logits(model, ids):
+    B, T = ids.shape
+    h = model.wte(ids) + model.wpe(np.arange(T))
+    for block in model.blocks:
+        h, _ = block(h, F.causal_mask(T, T))
+    return model.ln_f(h) @ model.wte.weight.transpose(0, 1)
+
+
 def gpt_num_parameters(config):
     d, f, L = config.d_model, config.d_ff, config.n_layers
     return config.vocab_size * d + config.context_length * d + L * (4 * d * d + 2 * d * f + f + 9 * d) + 2 * d
@@ -111,7 +119,9 @@ RIGHT = [
     (exercises.check_attention, attention),
     (exercises.check_multi_head_attention, multi_head_attention),
     (exercises.check_parameter_count, gpt_num_parameters),
+    (exercises.check_gpt_logits, gpt_logits),
     *(pair for lesson in LATER_LESSONS for pair in lesson.RIGHT),
+    *(pair for lesson in LATER_LESSONS for pair in getattr(lesson, "SPARE", [])),
 ]
 
 
@@ -235,6 +245,21 @@ def heads_split_by_reshape(attn, x, mask):
     return attn.o_proj(attention(q, k, v, mask).permute(0, 2, 1, 3).reshape(B, T, d))
 
 
+def gpt_logits_without_positions(model, ids):
+    h = model.wte(ids)
+    for block in model.blocks:
+        h, _ = block(h, F.causal_mask(ids.shape[1], ids.shape[1]))
+    return model.ln_f(h) @ model.wte.weight.transpose(0, 1)
+
+
+def gpt_logits_without_mask(model, ids):
+    T = ids.shape[1]
+    h = model.wte(ids) + model.wpe(np.arange(T))
+    for block in model.blocks:
+        h, _ = block(h, np.ones((T, T), bool))
+    return model.ln_f(h) @ model.wte.weight.transpose(0, 1)
+
+
 WRONG = [
     (exercises.check_topological_sort, recursive_sort, "chain of 5000 nodes.*RecursionError.*explicit stack"),
     (exercises.check_topological_sort, sort_without_visited_set, "appears more than once.*visited"),
@@ -260,6 +285,9 @@ WRONG = [
     (exercises.check_attention, minus_inf_attention, "NaN.*finfo"),
     (exercises.check_attention, lambda q, k, v, mask: attention(q, k, v), "apply the mask"),
     (exercises.check_multi_head_attention, heads_split_by_reshape, "split wrongly"),
+    (exercises.check_gpt_logits, gpt_logits_without_positions, "position embeddings"),
+    (exercises.check_gpt_logits, gpt_logits_without_mask, "causal mask"),
+    (exercises.check_gpt_logits, lambda model, ids: gpt_logits(model, ids).detach(), "not connected"),
     (exercises.check_multi_head_attention, without_output_projection, "output projection"),
     (exercises.check_parameter_count, lambda c: gpt_num_parameters(c) + c.vocab_size * c.d_model, "tied"),
     (exercises.check_parameter_count, lambda c: gpt_num_parameters(c) - c.context_length * c.d_model,

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 
-from tinypft import exercises
+from tinypft import Function, exercises
 
 # ----------------------------------------------------------------------------- right answers
 
@@ -52,22 +52,65 @@ def bias_change(before, after):
     return _change(before, after, lambda b0, b1: float(np.abs(b0 - b1).sum() / b0.size))
 
 
+def value_bias_grad(w_o, grad_b_o):
+    return w_o.T @ grad_b_o
+
+
+class ScatterAdd(Function):
+    @staticmethod
+    def forward(ctx, weight, delta, *, index):
+        ctx.save_for_backward(index)
+        out = weight.copy()
+        out.reshape(-1)[index] += delta
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (index,) = ctx.saved
+        d_weight = g if ctx.needs_input_grad[0] else None
+        d_delta = g.reshape(-1)[index] if ctx.needs_input_grad[1] else None
+        return d_weight, d_delta
+
+
 RIGHT = [
+    (exercises.check_value_bias_grad, value_bias_grad),
+    (exercises.check_scatter_add, ScatterAdd),
+    (exercises.check_bias_change, bias_change),
+]
+# Checkers a course may set as exercises that the lesson shows as given code instead.
+SPARE = [
     (exercises.check_bias_parameter_names, bias_parameter_names),
     (exercises.check_freeze_all_but_biases, freeze_all_but_biases),
-    (exercises.check_bias_change, bias_change),
 ]
 
 # The right answers above also run through the generic checks in test_exercises.py.
 
 
-def test_bias_change_may_use_numpy_floats_and_the_library(capsys):
-    from tinypft.peft.analysis import bias_change as library
-
+def test_bias_change_may_use_numpy_floats(capsys):
     exercises.check_bias_change(lambda b, a: {k: np.float64(v) for k, v in bias_change(b, a).items()})
-    exercises.check_bias_change(library)
     exercises.check_freeze_all_but_biases(lambda model: np.int64(freeze_all_but_biases(model)))
-    assert capsys.readouterr().out.count("passed") == 3
+    assert capsys.readouterr().out.count("passed") == 2
+
+
+class ScatterInPlace(ScatterAdd):
+    @staticmethod
+    def forward(ctx, weight, delta, *, index):
+        ctx.save_for_backward(index)
+        weight.reshape(-1)[index] += delta
+        return weight
+
+
+class ScatterWithoutGather(ScatterAdd):
+    @staticmethod
+    def backward(ctx, g):
+        return g, g.reshape(-1)[: len(ctx.saved[0])]
+
+
+class ScatterAlwaysBoth(ScatterAdd):
+    @staticmethod
+    def backward(ctx, g):
+        (index,) = ctx.saved
+        return g, g.reshape(-1)[index]
 
 
 # ----------------------------------------------------------------------------- wrong answers
@@ -155,6 +198,11 @@ def change_in_float32(before, after):
 
 
 WRONG = [
+    (exercises.check_value_bias_grad, lambda w_o, g: w_o @ g, "W_o grad_b_o.*transposed"),
+    (exercises.check_value_bias_grad, lambda w_o, g: g, "expected.*sum the gradient over positions"),
+    (exercises.check_scatter_add, ScatterInPlace, "changed the weight in place"),
+    (exercises.check_scatter_add, ScatterWithoutGather, "gradient of delta.*a gather"),
+    (exercises.check_scatter_add, ScatterAlwaysBoth, "computed a gradient for.*which does not need one"),
     (exercises.check_bias_parameter_names, _names_where(lambda n: n.endswith(".bias")),
      "trains its classifier"),
     (exercises.check_bias_parameter_names, _names_where(lambda n: n.endswith(".bias") and "k_proj" not in n),

@@ -41,11 +41,68 @@ def pareto_front(rows):
     return [row["method"] for row in rows if not any(dominates(other, row) for other in rows)]
 
 
+def bitfit_adamw_step(model, ids, labels, lr, betas=(0.9, 0.999), eps=1e-8):
+    for name, p in model.named_parameters():
+        p.requires_grad = name.endswith(".bias") or name.startswith("cls_head.")
+    loss = model.lm_loss(model(ids).logits, labels)
+    model.zero_grad()
+    loss.backward()
+    for p in model.parameters():
+        if p.requires_grad:
+            m_hat = (1 - betas[0]) * p.grad / (1 - betas[0])
+            v_hat = (1 - betas[1]) * p.grad**2 / (1 - betas[1])
+            p.data -= lr * m_hat / (np.sqrt(v_hat) + eps)
+    return float(loss.item())
+
+
+def infix_mask(infix_start, P, T):
+    B = len(infix_start)
+    sees = np.arange(T)[None, :] >= np.asarray(infix_start)[:, None]
+    causal = np.tril(np.ones((T, T), bool))
+    infix = np.broadcast_to(sees[:, :, None], (B, T, P))
+    return np.concatenate([infix, np.broadcast_to(causal, (B, T, T))], axis=2)
+
+
 RIGHT = [
-    (exercises.check_trainable_count, trainable_count),
-    (exercises.check_storage_for_tasks, storage_for_tasks),
+    (exercises.check_bitfit_adamw_step, bitfit_adamw_step),
+    (exercises.check_infix_mask, infix_mask),
     (exercises.check_pareto_front, pareto_front),
 ]
+# Checkers a course may set as exercises that the lesson shows as given code instead.
+SPARE = [
+    (exercises.check_trainable_count, trainable_count),
+    (exercises.check_storage_for_tasks, storage_for_tasks),
+]
+
+
+def sgd_step(model, ids, labels, lr):
+    for name, p in model.named_parameters():
+        p.requires_grad = name.endswith(".bias")
+    loss = model.lm_loss(model(ids).logits, labels)
+    loss.backward()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data -= lr * p.grad
+    return float(loss.item())
+
+
+def every_parameter_step(model, ids, labels, lr):
+    loss = model.lm_loss(model(ids).logits, labels)
+    loss.backward()
+    for p in model.parameters():
+        p.data -= lr * np.sign(p.grad)
+    return float(loss.item())
+
+
+def uncorrected_step(model, ids, labels, lr):
+    for name, p in model.named_parameters():
+        p.requires_grad = name.endswith(".bias")
+    loss = model.lm_loss(model(ids).logits, labels)
+    loss.backward()
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data -= lr * (0.1 * p.grad) / (np.sqrt(0.001 * p.grad**2) + 1e-8)
+    return float(loss.item())
 
 # The right answers above also run through the generic checks in test_exercises.py.
 
@@ -117,6 +174,12 @@ def front_mutating(rows):
 
 
 WRONG = [
+    (exercises.check_bitfit_adamw_step, sgd_step, "moved by lr \\* g, the SGD step"),
+    (exercises.check_bitfit_adamw_step, every_parameter_step, "changed, but BitFit keeps every weight"),
+    (exercises.check_bitfit_adamw_step, uncorrected_step, "not bias-corrected"),
+    (exercises.check_infix_mask, lambda s, P, T: infix_mask(np.asarray(s) + 1, P, T), "does not see the"),
+    (exercises.check_infix_mask, lambda s, P, T: infix_mask(np.zeros_like(s), P, T), "every token sees"),
+    (exercises.check_infix_mask, lambda s, P, T: infix_mask(s, P, T)[..., ::-1], "values differ"),
     *[(exercises.check_trainable_count, counting_with(changes), message)
       for changes, message in WRONG_COUNTS],
     (exercises.check_storage_for_tasks,

@@ -254,6 +254,9 @@ def library_uses(
     attributes = attributes or {}
     targets = {id(obj): label for label, obj in forbidden.items()}
     for label, obj in forbidden.items():
+        if hasattr(obj, "__func__"):  # a bound or class method: its function, whoever it is bound to
+            targets.setdefault(id(obj.__func__), label)
+    for label, obj in forbidden.items():
         for member in vars(obj).values() if inspect.isclass(obj) else ():
             member = getattr(member, "__func__", member)
             if inspect.isfunction(member):
@@ -276,9 +279,13 @@ def library_uses(
     pending = list(_functions_of(submission))
     while pending:
         fn = pending.pop()
-        if id(fn) in seen or not hasattr(fn, "__code__"):
+        if id(fn) in seen:
             continue
         seen.add(id(fn))
+        if forbidden_label(fn) is not None:
+            return "calls", forbidden_label(fn)
+        if not hasattr(fn, "__code__"):
+            continue
         for default in (fn.__defaults__ or ()) + tuple((fn.__kwdefaults__ or {}).values()):
             if forbidden_label(default) is not None:
                 return "calls", forbidden_label(default)
