@@ -13,6 +13,10 @@ In a lesson, each exercise is a function with its solution between ``### BEGIN S
     make.py                ``tinypft exercises make lessons/ handout/``: the student versions
 
 Every checker is also importable from this package, ``tinypft.exercises.check_topological_sort``.
+Each refuses a submission that is, subclasses or calls tinypft's own implementation of its exercise
+(``common.refuse_library``). The lessons' exercise cells carry nbgrader metadata (grade ids, points,
+locked checker cells, hidden tests), so a course can run nbgrader's ``generate_assignment`` and
+``autograde`` on them.
 """
 
 from .lesson01_autograd import (

@@ -1,7 +1,8 @@
-"""Checkers for lesson 7 (the showdown): what each method trains, what N tasks cost on disk, and the
-Pareto front of trainable parameters against BLEU.
+"""Checkers for lesson 7 (the showdown): one BitFit step by hand (AdamW's first update), the
+attention mask of an infix, and the Pareto front of trainable parameters against BLEU; also what
+each method trains and what N tasks cost on disk, for a course that sets those as exercises.
 
-The reference numbers are ``tinypft.peft.counts.trainable_parameter_count``'s. Each checker reports
+The reference counts are ``tinypft.peft.counts.trainable_parameter_count``'s. Each checker reports
 as ``common`` describes: one line when everything agrees, else an ``AssertionError`` naming the
 input, with a hint.
 """

@@ -13,7 +13,9 @@ the BEGIN marker:
     def topological_sort(root):
         raise NotImplementedError("Exercise: topological_sort")
 
-The exercise is named after the function (or ``Class.method``) that holds the region. Outputs,
+The exercise is named after the function (or ``Class.method``) that holds the region. Hidden test
+lines of a checker cell, between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS`` (nbgrader's
+markers too), are removed with their markers. Outputs,
 execution counts and the saved widget state (``metadata.widgets``) are cleared, and the run mode
 recorded in ``metadata.tinypft`` is dropped; everything else (other cells, lines outside the
 regions, cell ids, the rest of the metadata) is kept as it was.
@@ -34,6 +36,7 @@ from ..serialization import read_json
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
+HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n.*?^[ \t]*### END HIDDEN TESTS[ \t]*(?:\n|$)", re.M | re.S)
 CHECKER_CALL = re.compile(r"\bexercises\.(check_\w+)\(")
 _DEFINITION = re.compile(r"^(\s*)(?:async\s+)?(?:def|class)\s+(\w+)")
 
@@ -104,6 +107,9 @@ def student_notebook(notebook: dict[str, Any], where: str = "notebook") -> tuple
             cell["source"] = (
                 new_text.splitlines(keepends=True) if isinstance(cell["source"], list) else new_text
             )
+        if HIDDEN.search(text):
+            text = HIDDEN.sub("", _source_text(cell)).rstrip("\n")
+            cell["source"] = text.splitlines(keepends=True) if isinstance(cell["source"], list) else text
         cell["outputs"] = []
         cell["execution_count"] = None
     student.get("metadata", {}).pop("widgets", None)  # the saved state of progress bars: outputs too
