@@ -47,9 +47,10 @@ def _broken(notebook: dict) -> dict:
 
 def _errors(course: Path, student: str) -> str:
     """The errors in a student's autograded notebook, for a failure message."""
-    graded = json.loads((course / "autograded" / student / ASSIGNMENT / LESSON.name).read_text(encoding="utf-8"))
-    return "\n".join(f"{o['ename']}: {o['evalue']}" for cell in graded["cells"] for o in cell.get("outputs", [])
-                     if o.get("output_type") == "error")
+    path = course / "autograded" / student / ASSIGNMENT / LESSON.name
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    outputs = [o for cell in cells for o in cell.get("outputs", [])]
+    return "\n".join(f"{o['ename']}: {o['evalue']}" for o in outputs if o.get("output_type") == "error")
 
 
 def test_generate_assignment_then_autograde_a_right_and_a_wrong_submission(tmp_path):

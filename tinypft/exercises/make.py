@@ -36,7 +36,9 @@ from ..serialization import read_json
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
-HIDDEN = re.compile(r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n.*?^[ \t]*### END HIDDEN TESTS[ \t]*(?:\n|$)", re.M | re.S)
+HIDDEN = re.compile(  # a region of hidden tests, markers included
+    r"^[ \t]*### BEGIN HIDDEN TESTS[ \t]*\n.*?^[ \t]*### END HIDDEN TESTS[ \t]*(?:\n|$)", re.M | re.S
+)
 CHECKER_CALL = re.compile(r"\bexercises\.(check_\w+)\(")
 _DEFINITION = re.compile(r"^(\s*)(?:async\s+)?(?:def|class)\s+(\w+)")
 
