@@ -318,7 +318,7 @@ def test_a_crash_in_the_students_code_becomes_a_failure_that_names_the_input():
 
 @pytest.mark.parametrize(("checker", "fn"), RIGHT, ids=[c.__name__ for c, _ in RIGHT])
 def test_an_unfinished_exercise_raises_its_not_implemented_error(checker, fn):
-    def stub(*args):
+    def stub(*args, **kwargs):
         raise NotImplementedError("Exercise: stub")
 
     class StubMul(Function):
