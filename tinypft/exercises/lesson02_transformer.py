@@ -1,5 +1,6 @@
 """Checkers for lesson 2 (the transformer): the causal mask, LayerNorm, attention, multi-head
-attention as ``CausalSelfAttention`` computes it, and a GPT's parameter count.
+attention as ``CausalSelfAttention`` computes it, and a GPT's logits built from its parts; also a
+GPT's parameter count, for a course that sets it as an exercise.
 
 Each checker reports as ``common`` describes: one line when everything agrees, else an
 ``AssertionError`` naming the input, with a hint.
