@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.allocator import malloc_tuned, tune_malloc
-from ..threads import get_num_threads, set_num_threads
+from ..threads import get_blas_threads, set_num_threads
 from .report import format_report, targets
 from .step_profile import matmul_report, profile_text
 from .timing import composed, generation_report, paired_median_ms, peak_step_bytes, tinypft_step, torch_step
@@ -101,7 +101,7 @@ def run_bench(
         "virtual_tokens": setup.virtual_tokens,
         "dtype": "float32",
         "threads": threads,
-        "blas_threads": get_num_threads(),
+        "blas_threads": get_blas_threads(),
         "steps": steps,
         "warmup": warmup,
         "memory_measure": "tracemalloc peak of one step (allocations during the step only)",
