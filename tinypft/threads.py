@@ -158,5 +158,9 @@ def pieces(n: int, min_size: int = 1) -> list[slice]:
 
 
 def parallel_for(n: int, body: Callable[[slice], None], min_size: int = 1) -> None:
-    """``body(s)`` for each slice s of ``pieces(n, min_size)``, in parallel."""
+    """``body(s)`` for each slice s of ``pieces(n, min_size)``, in parallel (``body(slice(0, n))`` at
+    once, with no more overhead than the call, when there is only one piece)."""
+    if _num_threads == 1 or n < 2 * min_size:
+        body(slice(0, n))
+        return
     parallel([lambda s=s: body(s) for s in pieces(n, min_size)])

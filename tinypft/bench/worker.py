@@ -44,7 +44,7 @@ def time_steps(step: Any, steps: int, warmup: int) -> list[float]:
 def measure(engine: str, config: str, threads: int, methods: list[str], steps: int, warmup: int) -> dict:
     """Time ``methods`` of ``engine`` on ``config`` with ``threads`` threads, in this process."""
     from ..engine.allocator import tune_malloc
-    from ..threads import get_num_threads, set_num_threads
+    from ..threads import get_blas_threads, get_num_threads, set_num_threads
     from .timing import tinypft_step, torch_step
     from .workload import batch_ids, build, parse_config
 
@@ -64,7 +64,8 @@ def measure(engine: str, config: str, threads: int, methods: list[str], steps: i
         result["torch_version"] = torch.__version__
         result["torch_threads"] = torch.get_num_threads()
     else:
-        result["blas_threads"] = get_num_threads()
+        result["tinypft_threads"] = get_num_threads()
+        result["blas_threads"] = get_blas_threads()
     for method in methods:
         model = build(method, setup)
         step = torch_step(build_torch(model, method), ids) if engine == "torch" else tinypft_step(model, ids)

@@ -39,6 +39,8 @@ result broadcasts back. Reductions call the ufunc's ``reduce`` (``np.add.reduce`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..threads import parallel, parallel_for, pieces
@@ -372,12 +374,13 @@ def _sequences(a: np.ndarray, s: slice, batch: int) -> np.ndarray:
     return a[s] if a.ndim == 4 and a.shape[0] == batch else a
 
 
-def _batch_pieces(batch: tuple[int, ...], Tq: int, Tk: int, d: int) -> tuple[int, list[slice]]:
-    """The batch size B and blocks of sequences for attention on (B, H, Tq|Tk, d) operands (one
-    block, everything, unless they are 4-d). A sequence's products are about H Tq Tk d multiply-adds."""
+def _over_sequences(body: Callable[[slice], None], batch: tuple[int, ...], Tq: int, Tk: int, d: int) -> None:
+    """``body(s)`` for blocks s of the B sequences of attention operands (B, H, Tq|Tk, d), in parallel;
+    ``body(slice(None))`` (everything) unless they are 4-d. A sequence costs about H Tq Tk d multiply-adds."""
     if len(batch) != 2:
-        return 0, [slice(None)]
-    return batch[0], pieces(batch[0], _min_rows(batch[1] * Tq * Tk * d, GEMM_PIECE))
+        body(slice(None))
+        return
+    parallel_for(batch[0], body, _min_rows(batch[1] * Tq * Tk * d, GEMM_PIECE))
 
 
 def attention_forward(
@@ -394,7 +397,7 @@ def attention_forward(
     Tq, Tk = q.shape[-2], k.shape[-2]
     p = np.empty((*batch, Tq, Tk), q.dtype)
     out = np.empty((*batch, Tq, v.shape[-1]), q.dtype)
-    B, seq_pieces = _batch_pieces(batch, Tq, Tk, q.shape[-1])
+    B = batch[0] if len(batch) == 2 else 0
 
     def sequences(s: slice) -> None:
         q_s, k_s, v_s, p_s = _sequences(q, s, B), _sequences(k, s, B), _sequences(v, s, B), p[s]
@@ -405,7 +408,7 @@ def attention_forward(
         _exp_normalize(p_s, axis=-1)  # P
         np.matmul(p_s, v_s, out=out[s])
 
-    parallel([lambda s=s: sequences(s) for s in seq_pieces])
+    _over_sequences(sequences, batch, Tq, Tk, q.shape[-1])
     return out, p
 
 
@@ -444,7 +447,7 @@ class Attention(Function):
         dq = np.empty((*batch, *q.shape[-2:]), q.dtype) if need_q else None  # (B, H, Tq, d)
         dk = np.empty((*batch, *k.shape[-2:]), k.dtype) if need_k else None  # (B, H, Tk, d)
         dv = np.empty((*batch, *v.shape[-2:]), v.dtype) if need_v else None  # (B, H, Tk, d)
-        B, seq_pieces = _batch_pieces(batch, p.shape[-2], p.shape[-1], q.shape[-1])
+        B = batch[0] if len(batch) == 2 else 0
 
         def sequences(s: slice) -> None:
             p_s, g_s = p[s], g[s]
@@ -464,7 +467,7 @@ class Attention(Function):
                 np.matmul(np.swapaxes(ds, -1, -2), _sequences(q, s, B), out=dk[s])
                 dk[s] *= scale
 
-        parallel([lambda s=s: sequences(s) for s in seq_pieces])
+        _over_sequences(sequences, batch, p.shape[-2], p.shape[-1], q.shape[-1])
         dq = None if dq is None else unbroadcast(dq, q.shape)
         dk = None if dk is None else unbroadcast(dk, k.shape)
         dv = None if dv is None else unbroadcast(dv, v.shape)
