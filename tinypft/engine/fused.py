@@ -57,8 +57,10 @@ def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
 
 
-def _min_rows(row_size: int, work: int = ELEMENTWISE_PIECE) -> int:
-    """How many rows of ``row_size`` items make a piece worth its own thread."""
+def _min_rows(row_size: int, work: int | None = None) -> int:
+    """How many rows of ``row_size`` items (``work`` in all, ELEMENTWISE_PIECE by default) make a
+    piece worth its own thread."""
+    work = ELEMENTWISE_PIECE if work is None else work
     return max(1, -(-work // max(row_size, 1)))
 
 # ----------------------------------------------------------------------------- linear
