@@ -313,6 +313,7 @@ def test_float32_stays_float32(name: str) -> None:
 SPLIT_CASES: dict[str, tuple[Kernel, Shapes]] = {
     **CASES,
     "linear_no_bias": (lambda x, w: F.linear(x, w), [(3, 5, 4), (6, 4)]),
+    "linear_frozen_weight": (lambda x, w, b: F.linear(x, w.detach(), b), [(3, 5, 4), (6, 4), (6,)]),
     "attention_padding": (
         lambda q, k, v: F.attention(q, k, v, _padding_mask(4, 3, 5)),
         [(4, 2, 3, 4), (4, 2, 5, 4), (4, 2, 5, 4)],

@@ -149,10 +149,11 @@ def parallel(tasks: Sequence[Task]) -> None:
         raise job.error
 
 
-def pieces(n: int, min_size: int = 1) -> list[slice]:
-    """[0, n) cut into ``get_num_threads()`` contiguous slices of nearly equal size (fewer, so that
-    each has at least ``min_size`` items; one slice when n is small)."""
-    count = max(1, min(_num_threads, n // max(min_size, 1)))
+def pieces(n: int, min_size: int = 1, share: int = 1) -> list[slice]:
+    """[0, n) cut into contiguous slices of nearly equal size, one per thread (one per ``share``
+    threads, rounded up, when ``share`` independent jobs are cut at once), fewer so that each has
+    at least ``min_size`` items: one slice when n is small."""
+    count = max(1, min(-(-_num_threads // share), n // max(min_size, 1)))
     bounds = [n * i // count for i in range(count + 1)]
     return [slice(bounds[i], bounds[i + 1]) for i in range(count)]
 

@@ -101,13 +101,15 @@ class Linear(Function):
         dx = np.empty((N, n_in), dtype=g.dtype) if needs[0] else None  # (N, in)
         dw = np.empty((n_out, n_in), dtype=g.dtype) if needs[1] else None  # (out, in)
         db = np.empty(n_out, dtype=g.dtype) if len(needs) == 3 and needs[2] else None  # (out,)
-        # the three products are independent; each is cut into blocks of its output rows (columns for db)
+        # the products are independent (and cost the same): each is cut into blocks of its output rows,
+        # as many as there are threads for it (on two threads: dx on one, dW on the other, whole)
+        products = (dx is not None) + (dw is not None)
         tasks = []
         if dx is not None:
-            for s in pieces(N, _min_rows(n_out * n_in, GEMM_PIECE)):
+            for s in pieces(N, _min_rows(n_out * n_in, GEMM_PIECE), share=products):
                 tasks.append(lambda s=s: np.matmul(g2[s], weight, out=dx[s]))
         if dw is not None:
-            for s in pieces(n_out, _min_rows(N * n_in, GEMM_PIECE)):
+            for s in pieces(n_out, _min_rows(N * n_in, GEMM_PIECE), share=products):
                 tasks.append(lambda s=s: np.matmul(g2[:, s].T, x2, out=dw[s]))
         if db is not None:
             for s in pieces(n_out, _min_rows(N)):
