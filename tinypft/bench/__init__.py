@@ -66,7 +66,6 @@ from ..threads import get_blas_threads, get_num_threads, set_num_threads
 from .report import format_report, targets
 from .step_profile import matmul_report, profile_text
 from .timing import composed, generation_report, paired_median_ms, peak_step_bytes, tinypft_step
-from .worker import run_worker
 from .workload import METHODS, BenchSetup, batch_ids, build, parse_config
 
 GENERATION_BATCH = 8  # generation is also timed on this many prompts at once
@@ -95,6 +94,8 @@ def time_engines(
     Returns ``{engine: {threads: {method: {"ms_per_step", "first_loss"}}}}``, the ms the median of
     every step of every round. Each round starts one worker per (engine, thread count).
     """
+    from .worker import run_worker  # imported here: ``python -m tinypft.bench.worker`` imports this package first
+
     times: dict[str, dict[int, dict[str, list[float]]]] = {e: {t: {} for t in threads} for e in engines}
     losses: dict[str, dict[int, dict[str, float]]] = {e: {t: {} for t in threads} for e in engines}
     for _ in range(rounds):
