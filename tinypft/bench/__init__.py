@@ -94,7 +94,8 @@ def time_engines(
     Returns ``{engine: {threads: {method: {"ms_per_step", "first_loss"}}}}``, the ms the median of
     every step of every round. Each round starts one worker per (engine, thread count).
     """
-    from .worker import run_worker  # imported here: ``python -m tinypft.bench.worker`` imports this package first
+    # imported here, not at the top: ``python -m tinypft.bench.worker`` imports this package first
+    from .worker import run_worker
 
     times: dict[str, dict[int, dict[str, list[float]]]] = {e: {t: {} for t in threads} for e in engines}
     losses: dict[str, dict[int, dict[str, float]]] = {e: {t: {} for t in threads} for e in engines}
