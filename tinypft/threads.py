@@ -28,6 +28,7 @@ import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -94,38 +95,64 @@ def num_threads(n: int) -> Iterator[None]:
 
 
 class _Job:
-    """A list of tasks that the caller and the woken workers take one at a time until none is left."""
+    """``body(item)`` for every item, taken one at a time by the caller and the woken workers.
 
-    def __init__(self, tasks: Sequence[Task]):
-        self.tasks = tasks
-        self.next = itertools.count()  # next(...) is atomic under the GIL: each task is taken once
-        self.remaining = len(tasks)
-        self.lock = threading.Lock()
-        self.done = threading.Event()
+    Bookkeeping is kept to C-level calls: ``next`` on two counters (atomic under the GIL: each item
+    is taken once, and exactly one thread sees the last item finish) and a lock used as a latch,
+    held from the start and released by whoever finishes the last item."""
+
+    __slots__ = ("body", "items", "take", "finish", "latch", "error")
+
+    def __init__(self, body: Callable[[Any], None], items: Sequence[Any]):
+        self.body, self.items = body, items
+        self.take = itertools.count().__next__  # index of the next item to run
+        self.finish = itertools.count(1).__next__  # number of items finished, this one included
+        self.latch = threading.Lock()
+        self.latch.acquire()
         self.error: BaseException | None = None
 
     def work(self) -> None:
-        _inside.active = True
-        try:
-            for i in iter(self.next.__next__, None):
-                if i >= len(self.tasks):
-                    return
-                try:
-                    self.tasks[i]()
-                except BaseException as exc:  # handed to the caller, which raises it
-                    self.error = self.error or exc
-                with self.lock:
-                    self.remaining -= 1
-                    if self.remaining == 0:
-                        self.done.set()
-        finally:
-            _inside.active = False
+        n = len(self.items)
+        i = self.take()
+        while i < n:
+            try:
+                self.body(self.items[i])
+            except BaseException as exc:  # handed to the caller, which raises it
+                self.error = self.error or exc
+            if self.finish() == n:
+                self.latch.release()
+            i = self.take()
 
 
 def _work() -> None:
     """A pool worker: run jobs from the queue, forever (the thread is a daemon)."""
+    _inside.active = True  # a task that calls parallel() runs its pieces itself
     while True:
         _jobs.get().work()
+
+
+def _run(body: Callable[[Any], None], items: Sequence[Any]) -> None:
+    """``body(item)`` for every item, on up to ``get_num_threads()`` threads (the caller included)."""
+    helpers = min(_num_threads, len(items)) - 1
+    if helpers <= 0 or getattr(_inside, "active", False):
+        for item in items:
+            body(item)
+        return
+    job = _Job(body, items)
+    for _ in range(helpers):
+        _jobs.put(job)
+    _inside.active = True
+    try:
+        job.work()
+    finally:
+        _inside.active = False
+    job.latch.acquire()  # every item has finished
+    if job.error is not None:
+        raise job.error
+
+
+def _call(task: Task) -> None:
+    task()
 
 
 def parallel(tasks: Sequence[Task]) -> None:
@@ -135,18 +162,7 @@ def parallel(tasks: Sequence[Task]) -> None:
     runs tasks too and returns when all are done; an exception raised by a task is raised here.
     A task that itself calls ``parallel`` runs its tasks on its own thread, in order.
     """
-    helpers = min(_num_threads, len(tasks)) - 1
-    if helpers <= 0 or getattr(_inside, "active", False):
-        for task in tasks:
-            task()
-        return
-    job = _Job(tasks)
-    for _ in range(helpers):
-        _jobs.put(job)
-    job.work()
-    job.done.wait()
-    if job.error is not None:
-        raise job.error
+    _run(_call, tasks)
 
 
 def pieces(n: int, min_size: int = 1, share: int = 1) -> list[slice]:
@@ -164,4 +180,4 @@ def parallel_for(n: int, body: Callable[[slice], None], min_size: int = 1) -> No
     if _num_threads == 1 or n < 2 * min_size:
         body(slice(0, n))
         return
-    parallel([lambda s=s: body(s) for s in pieces(n, min_size)])
+    _run(body, pieces(n, min_size))
