@@ -387,6 +387,16 @@ def _over_sequences(body: Callable[[slice], None], batch: tuple[int, ...], Tq: i
     parallel_for(batch[0], body, _min_rows(batch[1] * Tq * Tk * d, GEMM_PIECE))
 
 
+def _heads_side_by_side(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An empty (B, H, T, d) array laid out as (B, T, H, d): the view the model gets by splitting
+    heads, so that merging them back (permute, then reshape to (B, T, H d)) and the gradients of the
+    split (reshape of the permuted view) need no copy. Any other shape: a plain contiguous array."""
+    if len(shape) != 4:
+        return np.empty(shape, dtype)
+    B, H, T, d = shape
+    return np.empty((B, T, H, d), dtype).transpose(0, 2, 1, 3)
+
+
 def attention_forward(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, score_bias: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -400,7 +410,7 @@ def attention_forward(
     batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])  # (B, H)
     Tq, Tk = q.shape[-2], k.shape[-2]
     p = np.empty((*batch, Tq, Tk), q.dtype)
-    out = np.empty((*batch, Tq, v.shape[-1]), q.dtype)
+    out = _heads_side_by_side((*batch, Tq, v.shape[-1]), q.dtype)
     B = batch[0] if len(batch) == 2 else 0
 
     def sequences(s: slice) -> None:
@@ -448,9 +458,9 @@ class Attention(Function):
         q, k, v, p, out, empty_row_mask, scale = ctx.saved
         need_q, need_k, need_v = ctx.needs_input_grad
         batch = p.shape[:-2]  # (B, H)
-        dq = np.empty((*batch, *q.shape[-2:]), q.dtype) if need_q else None  # (B, H, Tq, d)
-        dk = np.empty((*batch, *k.shape[-2:]), k.dtype) if need_k else None  # (B, H, Tk, d)
-        dv = np.empty((*batch, *v.shape[-2:]), v.dtype) if need_v else None  # (B, H, Tk, d)
+        dq = _heads_side_by_side((*batch, *q.shape[-2:]), q.dtype) if need_q else None  # (B, H, Tq, d)
+        dk = _heads_side_by_side((*batch, *k.shape[-2:]), k.dtype) if need_k else None  # (B, H, Tk, d)
+        dv = _heads_side_by_side((*batch, *v.shape[-2:]), v.dtype) if need_v else None  # (B, H, Tk, d)
         B = batch[0] if len(batch) == 2 else 0
 
         def sequences(s: slice) -> None:
