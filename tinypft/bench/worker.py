@@ -4,14 +4,15 @@
     python -m tinypft.bench.worker --engine torch --config large --threads 1 --methods full
 
 prints one JSON object: for each method the median ms per step (and every step's ms) and the first
-loss. ``tinypft bench --torch`` starts one such process per engine and thread count (``run_workers``),
-so that no library's threads are alive while the other library's step runs: in one process, the
-BLAS or OpenMP threads of one library keep spinning for a while after its last call and take a core
-from the other one's step.
+loss. The methods' steps are taken in turn (full, bitfit, ..., full, bitfit, ...), so that their
+ratios hold even when the machine's load changes.
 
-The thread count is fixed before NumPy or PyTorch is imported (``OMP_NUM_THREADS`` and the
-BLAS libraries' own variables, set by ``run_workers`` in the child's environment) and again at run
-time (``tinypft.set_num_threads``, ``torch.set_num_threads``).
+``tinypft bench`` starts one such process per engine and thread count (``run_worker``), so that no
+library's threads are alive while the other library's step runs: in one process, the BLAS or OpenMP
+threads of one library keep spinning for a while after its last call and take a core from the
+other one's step. The thread count is fixed before NumPy or PyTorch is imported
+(``OMP_NUM_THREADS`` and the BLAS libraries' own variables, set by ``run_worker`` in the child's
+environment) and again at run time (``tinypft.set_num_threads``, ``torch.set_num_threads``).
 """
 
 from __future__ import annotations
@@ -29,20 +30,24 @@ ENGINES = ("tinypft", "torch")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def time_steps(step: Any, steps: int, warmup: int) -> list[float]:
-    """ms of each of ``steps`` calls of ``step`` after ``warmup`` untimed ones."""
+def time_steps(steps: dict[str, Any], n: int, warmup: int) -> dict[str, list[float]]:
+    """ms of each of ``n`` calls of every step, the steps taken in turn (a, b, a, b, ...) so that a
+    change in the machine's load affects them alike; ``warmup`` untimed rounds first."""
     for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(1e3 * (time.perf_counter() - start))
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(n):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(1e3 * (time.perf_counter() - start))
     return times
 
 
-def measure(engine: str, config: str, threads: int, methods: list[str], steps: int, warmup: int) -> dict:
-    """Time ``methods`` of ``engine`` on ``config`` with ``threads`` threads, in this process."""
+def measure(engine: str, config: str, threads: int, methods: list[str], n_steps: int, warmup: int) -> dict:
+    """Time ``methods`` of ``engine`` on ``config`` with ``threads`` threads, in this process: one model
+    per method, their steps taken in turn."""
     from ..engine.allocator import tune_malloc
     from ..threads import get_blas_threads, get_num_threads, set_num_threads
     from .timing import tinypft_step, torch_step
@@ -66,15 +71,20 @@ def measure(engine: str, config: str, threads: int, methods: list[str], steps: i
     else:
         result["tinypft_threads"] = get_num_threads()
         result["blas_threads"] = get_blas_threads()
+    steps, first_losses = {}, {}
     for method in methods:
         model = build(method, setup)
-        step = torch_step(build_torch(model, method), ids) if engine == "torch" else tinypft_step(model, ids)
-        first_loss = step()
-        times = time_steps(step, steps, max(warmup - 1, 0))
+        if engine == "torch":
+            steps[method] = torch_step(build_torch(model, method), ids)
+        else:
+            steps[method] = tinypft_step(model, ids)
+        first_losses[method] = steps[method]()
+    times = time_steps(steps, n_steps, max(warmup - 1, 0))
+    for method in methods:
         result["methods"][method] = {
-            "ms_per_step": statistics.median(times),
-            "times_ms": times,
-            "first_loss": first_loss,
+            "ms_per_step": statistics.median(times[method]),
+            "times_ms": times[method],
+            "first_loss": first_losses[method],
         }
     return result
 
