@@ -32,6 +32,13 @@ ufuncs). Three rules keep that safe:
 * compute only the gradients that ``ctx.needs_input_grad`` asks for: a frozen weight costs no
   weight-gradient matmul.
 
+Each kernel cuts its work into independent pieces that ``tinypft.threads`` runs at once, on
+``set_num_threads(n)`` threads: blocks of output rows of a GEMM (in ``Linear.backward``, dx and dW
+side by side), blocks of whole sequences for attention, blocks of rows for the elementwise passes.
+A piece is the same arithmetic on its own rows, so the results do not depend on the thread count
+(``tests/test_fused.py::test_kernels_split_over_threads_give_the_same_numbers``); small arrays
+(decoding) stay in one piece, with no threading overhead.
+
 Notation: ``g`` is dL/d(out); reductions over the last axis keep it (``keepdims=True``) so the
 result broadcasts back. Reductions call the ufunc's ``reduce`` (``np.add.reduce`` is what
 ``ndarray.sum`` computes, without its wrapper's overhead, which counts on decoding's tiny arrays).
