@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from hypothesis import strategies as st
 from tinypft import Tensor, gradcheck
 from tinypft.engine import functional as F
 from tinypft.engine import fused, ops, use_fused_kernels
+from tinypft.threads import num_threads
 
 Kernel = Callable[..., Tensor]
 Shapes = list[tuple[int, ...]]
@@ -303,6 +306,71 @@ def test_float32_stays_float32(name: str) -> None:
         out.backward(np.ones(out.shape, np.float32))
     assert out.dtype == np.float32
     assert all(t.grad.dtype == np.float32 for t in inputs)
+
+
+# ----------------------------------------------------------------------------- kernels split over threads
+
+SPLIT_CASES: dict[str, tuple[Kernel, Shapes]] = {
+    **CASES,
+    "linear_no_bias": (lambda x, w: F.linear(x, w), [(3, 5, 4), (6, 4)]),
+    "linear_frozen_weight": (lambda x, w, b: F.linear(x, w.detach(), b), [(3, 5, 4), (6, 4), (6,)]),
+    "attention_padding": (
+        lambda q, k, v: F.attention(q, k, v, _padding_mask(4, 3, 5)),
+        [(4, 2, 3, 4), (4, 2, 5, 4), (4, 2, 5, 4)],
+    ),
+    "attention_fully_masked": (
+        lambda q, k, v: F.attention(q, k, v, _fully_masked_mask(3, 3, 5)),
+        [(3, 2, 3, 4), (3, 2, 5, 4), (3, 2, 5, 4)],
+    ),
+    "attention_shared_keys": (  # keys and values broadcast over the batch, e.g. a prefix
+        lambda q, k, v: F.attention(q, k, v, F.causal_mask(3, 5)),
+        [(4, 2, 3, 4), (1, 2, 5, 4), (1, 2, 5, 4)],
+    ),
+    "cross_entropy_ignored_rows": (
+        lambda z: F.cross_entropy(z, np.array([[1, -100, 2], [0, 2, -100], [-100, 1, 1]])),
+        [(3, 3, 4)],
+    ),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", SPLIT_CASES)
+def test_kernels_split_over_threads_give_the_same_numbers(
+    monkeypatch: pytest.MonkeyPatch, name: str, dtype: type
+) -> None:
+    """With pieces as small as one row or sequence, two threads give exactly the numbers of one
+    thread (each piece is the same arithmetic on its own rows), and they agree with the composed path."""
+    monkeypatch.setattr(fused, "GEMM_PIECE", 1)
+    monkeypatch.setattr(fused, "ELEMENTWISE_PIECE", 1)
+    fn, shapes = SPLIT_CASES[name]
+    inputs = tensors(shapes, dtype)
+    with num_threads(1):
+        value_1, grads_1 = run(fn, inputs, fused_kernels=True)
+    with num_threads(2):
+        value_2, grads_2 = run(fn, inputs, fused_kernels=True)
+        exact = dtype == np.float64
+        assert_paths_agree(fn, inputs, TIGHT if exact else LOOSE, TIGHT_GRAD if exact else LOOSE)
+    np.testing.assert_array_equal(value_2, value_1)
+    for g1, g2 in zip(grads_1, grads_2):
+        np.testing.assert_array_equal(g2, g1)
+
+
+def test_threads_split_a_real_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At two threads a large enough GEMM really is cut into two row blocks, one per thread."""
+    seen: set[str] = set()
+    matmul = np.matmul
+
+    def spy(*args: Any, **kwargs: Any) -> np.ndarray:
+        seen.add(threading.current_thread().name)
+        time.sleep(0.05)  # holds this block long enough for the other thread to take the next one
+        return matmul(*args, **kwargs)
+
+    x, w = tensors([(1024, 64), (64, 64)], np.float32)
+    monkeypatch.setattr(fused.np, "matmul", spy)
+    with num_threads(2), use_fused_kernels(True):
+        y = F.linear(x, w)
+    assert len(seen) == 2
+    np.testing.assert_allclose(y.data, x.data @ w.data.T, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- embedding backward

@@ -32,6 +32,13 @@ ufuncs). Three rules keep that safe:
 * compute only the gradients that ``ctx.needs_input_grad`` asks for: a frozen weight costs no
   weight-gradient matmul.
 
+Each kernel cuts its work into independent pieces that ``tinypft.threads`` runs at once, on
+``set_num_threads(n)`` threads: blocks of output rows of a GEMM (in ``Linear.backward``, dx and dW
+side by side), blocks of whole sequences for attention, blocks of rows for the elementwise passes.
+A piece is the same arithmetic on its own rows, so the results do not depend on the thread count
+(``tests/test_fused.py::test_kernels_split_over_threads_give_the_same_numbers``); small arrays
+(decoding) stay in one piece, with no threading overhead.
+
 Notation: ``g`` is dL/d(out); reductions over the last axis keep it (``keepdims=True``) so the
 result broadcasts back. Reductions call the ufunc's ``reduce`` (``np.add.reduce`` is what
 ``ndarray.sum`` computes, without its wrapper's overhead, which counts on decoding's tiny arrays).
@@ -39,12 +46,29 @@ result broadcasts back. Reductions call the ufunc's ``reduce`` (``np.add.reduce`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+from ..threads import parallel, parallel_for, pieces
 from .autograd import Context, Function, Tensor
 from .ops import GELU_C, unbroadcast
 
 GELU_A = 0.044715
+GEMM_PIECE = 1 << 21  # multiply-adds: a GEMM is cut into pieces of at least this much work
+ELEMENTWISE_PIECE = 1 << 15  # elements: an elementwise pass is cut into pieces of at least this many
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """``a`` as a 2-d array of rows (..., n) -> (N, n), a view when ``a`` is contiguous (0-d: (1, 1))."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim else a.reshape(1, 1)
+
+
+def _min_rows(row_size: int, work: int | None = None) -> int:
+    """How many rows of ``row_size`` items (``work`` in all, ELEMENTWISE_PIECE by default) make a
+    piece worth its own thread."""
+    work = ELEMENTWISE_PIECE if work is None else work
+    return max(1, -(-work // max(row_size, 1)))
 
 # ----------------------------------------------------------------------------- linear
 
@@ -62,9 +86,14 @@ class Linear(Function):
         ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
     ) -> np.ndarray:
         x2 = x.reshape(-1, x.shape[-1])  # (N, in), a view when x is contiguous
-        y = np.matmul(x2, weight.T)  # (N, out); weight.T is a view, BLAS reads it transposed
-        if bias is not None:
-            y += bias
+        y = np.empty((x2.shape[0], weight.shape[0]), dtype=x.dtype)  # (N, out)
+
+        def rows(s: slice) -> None:  # y[s] = x[s] W^T + b; weight.T is a view, BLAS reads it transposed
+            np.matmul(x2[s], weight.T, out=y[s])
+            if bias is not None:
+                y[s] += bias
+
+        parallel_for(x2.shape[0], rows, _min_rows(weight.size, GEMM_PIECE))
         needs = ctx.needs_input_grad
         # keep only what backward will read: x for dW, W for dx
         ctx.save_for_backward(x.shape, x2 if needs[1] else None, weight if needs[0] else None)
@@ -75,12 +104,26 @@ class Linear(Function):
         x_shape, x2, weight = ctx.saved
         needs = ctx.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1])  # (N, out)
-        dx = np.matmul(g2, weight).reshape(x_shape) if needs[0] else None  # (..., in)
-        dw = np.matmul(g2.T, x2) if needs[1] else None  # (out, in)
-        if len(needs) == 2:
-            return dx, dw
-        db = g2.sum(axis=0) if needs[2] else None  # (out,)
-        return dx, dw, db
+        (N, n_out), n_in = g2.shape, x_shape[-1]
+        dx = np.empty((N, n_in), dtype=g.dtype) if needs[0] else None  # (N, in)
+        dw = np.empty((n_out, n_in), dtype=g.dtype) if needs[1] else None  # (out, in)
+        db = np.empty(n_out, dtype=g.dtype) if len(needs) == 3 and needs[2] else None  # (out,)
+        # the products are independent (and cost the same): each is cut into blocks of its output rows,
+        # as many as there are threads for it (on two threads: dx on one, dW on the other, whole)
+        products = (dx is not None) + (dw is not None)
+        tasks = []
+        if dx is not None:
+            for s in pieces(N, _min_rows(n_out * n_in, GEMM_PIECE), share=products):
+                tasks.append(lambda s=s: np.matmul(g2[s], weight, out=dx[s]))
+        if dw is not None:
+            for s in pieces(n_out, _min_rows(N * n_in, GEMM_PIECE), share=products):
+                tasks.append(lambda s=s: np.matmul(g2[:, s].T, x2, out=dw[s]))
+        if db is not None:
+            for s in pieces(n_out, _min_rows(N)):
+                tasks.append(lambda s=s: np.add.reduce(g2[:, s], axis=0, out=db[s]))
+        parallel(tasks)
+        dx = None if dx is None else dx.reshape(x_shape)
+        return (dx, dw) if len(needs) == 2 else (dx, dw, db)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -94,15 +137,23 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """GELU on an array: y = x s, s = sigmoid(2u) (see ``GELU``); returns y and s, which backward needs."""
-    s = np.multiply(x, x, out=np.empty_like(x))  # (...); out= keeps even a 0-d result an array
-    s *= -2 * GELU_C * GELU_A
-    s -= 2 * GELU_C
-    s *= x  # -2u
-    with np.errstate(over="ignore"):  # exp(-2u) = inf for very negative x gives s = 0, the exact limit
-        np.exp(s, out=s)
-    s += 1
-    np.reciprocal(s, out=s)  # s = sigmoid(2u)
-    return np.multiply(x, s, out=np.empty_like(x)), s  # (...) each
+    y, s = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype)  # (...) each, contiguous (0-d too)
+    x2, y2, s2 = _rows(x), _rows(y), _rows(s)
+
+    def rows(r: slice) -> None:
+        xr, sr = x2[r], s2[r]
+        np.multiply(xr, xr, out=sr)
+        sr *= -2 * GELU_C * GELU_A
+        sr -= 2 * GELU_C
+        sr *= xr  # -2u
+        with np.errstate(over="ignore"):  # exp(-2u) = inf for very negative x gives s = 0, the exact limit
+            np.exp(sr, out=sr)
+        sr += 1
+        np.reciprocal(sr, out=sr)  # s = sigmoid(2u)
+        np.multiply(xr, sr, out=y2[r])
+
+    parallel_for(x2.shape[0], rows, _min_rows(x2.shape[1]))
+    return y, s
 
 
 class GELU(Function):
@@ -122,15 +173,22 @@ class GELU(Function):
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         x, s = ctx.saved
-        dx = np.multiply(x, x, out=np.empty_like(x))  # (...)
-        dx *= 6 * GELU_A * GELU_C
-        dx += 2 * GELU_C  # 2 du/dx
-        dx *= x
-        s_ds = np.subtract(1, s, out=np.empty_like(s))  # (...)
-        s_ds *= s  # s (1 - s)
-        dx *= s_ds
-        dx += s
-        dx *= g
+        dx, s_ds = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype)  # (...) each, contiguous
+        x2, s2, g2, dx2, s_ds2 = _rows(x), _rows(s), _rows(g), _rows(dx), _rows(s_ds)
+
+        def rows(r: slice) -> None:
+            xr, sr, d, t = x2[r], s2[r], dx2[r], s_ds2[r]
+            np.multiply(xr, xr, out=d)
+            d *= 6 * GELU_A * GELU_C
+            d += 2 * GELU_C  # 2 du/dx
+            d *= xr
+            np.subtract(1, sr, out=t)
+            t *= sr  # s (1 - s)
+            d *= t
+            d += sr
+            d *= g2[r]
+
+        parallel_for(x2.shape[0], rows, _min_rows(x2.shape[1]))
         return (dx,)
 
 
@@ -181,17 +239,26 @@ def layer_norm_forward(
     x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LayerNorm of x (..., d) on arrays (see ``LayerNorm``): returns y (..., d), mean and rstd (..., 1)."""
-    mean = np.add.reduce(x, axis=-1, keepdims=True)  # (..., 1); ndarray.mean is the same sum, more Python
-    mean /= x.shape[-1]
-    y = x - mean  # (..., d), centred
-    var = np.vecdot(y, y)[..., None]  # (..., 1), sum of squares
-    var /= x.shape[-1]  # biased variance
-    var += eps
-    rstd = np.sqrt(var, out=var)
-    np.reciprocal(rstd, out=rstd)  # (..., 1)
-    y *= rstd  # x_hat
-    y *= weight
-    y += bias
+    d = x.shape[-1]
+    y = np.empty(x.shape, x.dtype)  # (..., d)
+    mean, rstd = np.empty((*x.shape[:-1], 1), x.dtype), np.empty((*x.shape[:-1], 1), x.dtype)  # (..., 1)
+    x2, y2, mean2, rstd2 = _rows(x), _rows(y), _rows(mean), _rows(rstd)
+
+    def rows(r: slice) -> None:
+        m, yr, sd = mean2[r], y2[r], rstd2[r]
+        np.add.reduce(x2[r], axis=-1, keepdims=True, out=m)  # ndarray.mean is the same sum, more Python
+        m /= d
+        np.subtract(x2[r], m, out=yr)  # centred
+        np.copyto(sd, np.vecdot(yr, yr)[:, None])  # sum of squares
+        sd /= d  # biased variance
+        sd += eps
+        np.sqrt(sd, out=sd)
+        np.reciprocal(sd, out=sd)
+        yr *= sd  # x_hat
+        yr *= weight
+        yr += bias
+
+    parallel_for(x2.shape[0], rows, _min_rows(d))
     return y, mean, rstd
 
 
@@ -216,22 +283,36 @@ class LayerNorm(Function):
         x, mean, rstd, weight = ctx.saved
         need_x, need_w, need_b = ctx.needs_input_grad
         d = x.shape[-1]
-        x_hat = x - mean  # (..., d)
-        x_hat *= rstd
-        dx = dw = db = None
-        if need_w:
-            dw = np.einsum("nd,nd->d", g.reshape(-1, d), x_hat.reshape(-1, d))  # (d,)
-        if need_b:
-            db = g.reshape(-1, d).sum(axis=0)  # (d,)
-        if need_x:
-            dx = g * weight  # (..., d), gw
-            mean_gw = dx.mean(axis=-1, keepdims=True)  # (..., 1)
-            mean_gwx = np.vecdot(dx, x_hat)[..., None]  # (..., 1)
+        x_hat = np.empty(x.shape, x.dtype)  # (..., d)
+        dx = np.empty(x.shape, x.dtype) if need_x else None  # (..., d)
+        x2, g2, mean2, rstd2, x_hat2 = _rows(x), _rows(g), _rows(mean), _rows(rstd), _rows(x_hat)
+        dx2 = None if dx is None else _rows(dx)
+
+        def rows(r: slice) -> None:
+            xh = x_hat2[r]
+            np.subtract(x2[r], mean2[r], out=xh)
+            xh *= rstd2[r]
+            if dx2 is None:
+                return
+            dxr = dx2[r]
+            np.multiply(g2[r], weight, out=dxr)  # gw
+            mean_gw = np.add.reduce(dxr, axis=-1, keepdims=True)  # (rows, 1)
+            mean_gw /= d
+            mean_gwx = np.vecdot(dxr, xh)[:, None]  # (rows, 1)
             mean_gwx /= d
-            x_hat *= mean_gwx
-            dx -= x_hat
-            dx -= mean_gw
-            dx *= rstd
+            dxr -= xh * mean_gwx
+            dxr -= mean_gw
+            dxr *= rstd2[r]
+
+        parallel_for(x2.shape[0], rows, _min_rows(d))
+        dw = np.empty(d, x.dtype) if need_w else None  # (d,)
+        db = np.empty(d, x.dtype) if need_b else None  # (d,)
+        tasks = []  # the two sums over all rows, one task each
+        if dw is not None:
+            tasks.append(lambda: np.einsum("nd,nd->d", g2, x_hat2, out=dw))
+        if db is not None:
+            tasks.append(lambda: np.add.reduce(g2, axis=0, out=db))
+        parallel(tasks)
         return dx, dw, db
 
 
@@ -251,22 +332,39 @@ class CrossEntropy(Function):
     @staticmethod
     def forward(ctx: Context, logits: np.ndarray, targets: np.ndarray, rows: np.ndarray) -> np.ndarray:
         flat = logits.reshape(-1, logits.shape[-1])  # (N, C)
-        z = flat[rows] if rows.size < flat.shape[0] else flat  # (n, C): only the rows that count
-        picked = np.arange(rows.size), targets[rows]
-        e = z - z.max(axis=1, keepdims=True)  # (n, C), shifted: <= 0
-        target_logit = e[picked]  # (n,)
-        np.exp(e, out=e)
-        total = e.sum(axis=1, keepdims=True)  # (n, 1)
+        n, C = rows.size, flat.shape[1]
+        every_row = n == flat.shape[0]
+        picked_targets = targets[rows]  # (n,)
+        e = np.empty((n, C), logits.dtype)  # softmax numerators exp(z - max z)
+        total = np.empty((n, 1), logits.dtype)  # their sums
+        target_logit = np.empty(n, logits.dtype)  # z_t - max z
+
+        def counted_rows(r: slice) -> None:
+            z = flat[r] if every_row else flat[rows[r]]  # (rows, C): only the rows that count
+            er = e[r]
+            np.subtract(z, np.maximum.reduce(z, axis=1, keepdims=True), out=er)  # shifted: <= 0
+            target_logit[r] = er[np.arange(len(er)), picked_targets[r]]
+            np.exp(er, out=er)
+            np.add.reduce(er, axis=1, keepdims=True, out=total[r])
+
+        parallel_for(n, counted_rows, _min_rows(C))
         loss = np.mean(np.log(total[:, 0]) - target_logit)
-        ctx.save_for_backward(logits.shape, flat.shape[0], rows, picked, e, total)
+        ctx.save_for_backward(logits.shape, flat.shape[0], rows, picked_targets, e, total)
         return np.asarray(loss, dtype=logits.dtype)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        shape, num_rows, rows, picked, e, total = ctx.saved
+        shape, num_rows, rows, picked_targets, e, total = ctx.saved
         n = rows.size
-        dz = e * ((g / n) / total)  # (n, C): softmax * g/n
-        dz[picked] -= g / n
+        g_n = g / n
+        dz = np.empty(e.shape, e.dtype)  # (n, C)
+
+        def counted_rows(r: slice) -> None:
+            d = dz[r]
+            np.multiply(e[r], g_n / total[r], out=d)  # softmax * g/n
+            d[np.arange(len(d)), picked_targets[r]] -= g_n
+
+        parallel_for(n, counted_rows, _min_rows(e.shape[1]))
         if n == num_rows:
             return (dz.reshape(shape),)
         dflat = np.zeros((num_rows, shape[-1]), dtype=dz.dtype)  # (N, C)
@@ -281,21 +379,58 @@ def cross_entropy(logits: Tensor, flat_targets: np.ndarray, rows: np.ndarray) ->
 # ----------------------------------------------------------------------------- attention
 
 
+def _sequences(a: np.ndarray, s: slice, batch: int) -> np.ndarray:
+    """The sequences ``s`` of an attention operand (B, ...) whose batch is ``batch``; the operand itself
+    when it is broadcast over the batch (batch axis 1, or no batch axis)."""
+    return a[s] if a.ndim == 4 and a.shape[0] == batch else a
+
+
+def _over_sequences(body: Callable[[slice], None], batch: tuple[int, ...], Tq: int, Tk: int, d: int) -> None:
+    """``body(s)`` for blocks s of the B sequences of attention operands (B, H, Tq|Tk, d), in parallel;
+    ``body(slice(None))`` (everything) unless they are 4-d. A sequence costs about H Tq Tk d multiply-adds."""
+    if len(batch) != 2:
+        body(slice(None))
+        return
+    parallel_for(batch[0], body, _min_rows(batch[1] * Tq * Tk * d, GEMM_PIECE))
+
+
+def _heads_side_by_side(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An empty (B, H, T, d) array laid out as (B, T, H, d): the view the model gets by splitting
+    heads, so that merging them back (permute, then reshape to (B, T, H d)) and the gradients of the
+    split (reshape of the permuted view) need no copy. Any other shape: a plain contiguous array."""
+    if len(shape) != 4:
+        return np.empty(shape, dtype)
+    B, H, T, d = shape
+    return np.empty((B, T, H, d), dtype).transpose(0, 2, 1, 3)
+
+
 def attention_forward(
     q: np.ndarray, k: np.ndarray, v: np.ndarray, score_bias: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Attention on arrays (see ``Attention``): returns out = P V (B, H, Tq, d) and P (B, H, Tq, Tk).
 
     ``score_bias`` (broadcastable to (B, H, Tq, Tk)) is added to the scores: 0 where attending is
-    allowed, the dtype's minimum where it is not; None when every key is visible.
+    allowed, the dtype's minimum where it is not; None when every key is visible. Sequences are
+    independent: blocks of them run on the threads of ``tinypft.threads``.
     """
     scale = q.shape[-1] ** -0.5  # a Python float: keeps float32 float32
-    p = np.matmul(q * scale, np.swapaxes(k, -1, -2))  # (B, H, Tq, Tk), the scores S
-    if score_bias is not None:
-        p += score_bias
-    p -= np.maximum.reduce(p, axis=-1, keepdims=True)
-    _exp_normalize(p, axis=-1)  # (B, H, Tq, Tk), P
-    return np.matmul(p, v), p
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])  # (B, H)
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    p = np.empty((*batch, Tq, Tk), q.dtype)
+    out = _heads_side_by_side((*batch, Tq, v.shape[-1]), q.dtype)
+    B = batch[0] if len(batch) == 2 else 0
+
+    def sequences(s: slice) -> None:
+        q_s, k_s, v_s, p_s = _sequences(q, s, B), _sequences(k, s, B), _sequences(v, s, B), p[s]
+        np.matmul(q_s * scale, np.swapaxes(k_s, -1, -2), out=p_s)  # the scores S
+        if score_bias is not None:
+            p_s += _sequences(score_bias, s, B)
+        p_s -= np.maximum.reduce(p_s, axis=-1, keepdims=True)
+        _exp_normalize(p_s, axis=-1)  # P
+        np.matmul(p_s, v_s, out=out[s])
+
+    _over_sequences(sequences, batch, Tq, Tk, q.shape[-1])
+    return out, p
 
 
 class Attention(Function):
@@ -329,23 +464,34 @@ class Attention(Function):
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         q, k, v, p, out, empty_row_mask, scale = ctx.saved
         need_q, need_k, need_v = ctx.needs_input_grad
-        dq = dk = dv = None
-        if need_v:
-            dv = unbroadcast(np.matmul(np.swapaxes(p, -1, -2), g), v.shape)  # (B, H, Tk, d)
-        if need_q or need_k:
-            ds = np.matmul(g, np.swapaxes(v, -1, -2))  # (B, H, Tq, Tk), dP
-            ds -= np.vecdot(g, out)[..., None]  # (B, H, Tq, 1), sum(dP * P)
-            ds *= p  # dS
+        batch = p.shape[:-2]  # (B, H)
+        dq = _heads_side_by_side((*batch, *q.shape[-2:]), q.dtype) if need_q else None  # (B, H, Tq, d)
+        dk = _heads_side_by_side((*batch, *k.shape[-2:]), k.dtype) if need_k else None  # (B, H, Tk, d)
+        dv = _heads_side_by_side((*batch, *v.shape[-2:]), v.dtype) if need_v else None  # (B, H, Tk, d)
+        B = batch[0] if len(batch) == 2 else 0
+
+        def sequences(s: slice) -> None:
+            p_s, g_s = p[s], g[s]
+            if dv is not None:
+                np.matmul(np.swapaxes(p_s, -1, -2), g_s, out=dv[s])
+            if dq is None and dk is None:
+                return
+            ds = np.matmul(g_s, np.swapaxes(_sequences(v, s, B), -1, -2))  # dP
+            ds -= np.vecdot(g_s, out[s])[..., None]  # sum(dP * P)
+            ds *= p_s  # dS
             if empty_row_mask is not None:
-                np.copyto(ds, 0, where=~empty_row_mask)
-            if need_q:
-                dq = np.matmul(ds, k)  # (B, H, Tq, d)
-                dq *= scale
-                dq = unbroadcast(dq, q.shape)
-            if need_k:
-                dk = np.matmul(np.swapaxes(ds, -1, -2), q)  # (B, H, Tk, d)
-                dk *= scale
-                dk = unbroadcast(dk, k.shape)
+                np.copyto(ds, 0, where=~_sequences(empty_row_mask, s, B))
+            if dq is not None:
+                np.matmul(ds, _sequences(k, s, B), out=dq[s])
+                dq[s] *= scale
+            if dk is not None:
+                np.matmul(np.swapaxes(ds, -1, -2), _sequences(q, s, B), out=dk[s])
+                dk[s] *= scale
+
+        _over_sequences(sequences, batch, p.shape[-2], p.shape[-1], q.shape[-1])
+        dq = None if dq is None else unbroadcast(dq, q.shape)
+        dk = None if dk is None else unbroadcast(dk, k.shape)
+        dv = None if dv is None else unbroadcast(dv, v.shape)
         return dq, dk, dv
 
 
