@@ -20,9 +20,9 @@ from ..train.generate import generate
 from .workload import BenchSetup
 
 
-def paired_median_ms(steps: dict[str, Callable[[], Any]], n: int, warmup: int) -> dict[str, float]:
-    """Median ms of each step, timed in alternation (a, b, a, b, ...) so that a change in the
-    machine's load during the run affects them alike."""
+def time_steps(steps: dict[str, Callable[[], Any]], n: int, warmup: int) -> dict[str, list[float]]:
+    """ms of each of ``n`` calls of every step, the steps taken in turn (a, b, a, b, ...) so that a
+    change in the machine's load affects them alike; ``warmup`` untimed rounds first."""
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -31,8 +31,13 @@ def paired_median_ms(steps: dict[str, Callable[[], Any]], n: int, warmup: int) -
         for name, step in steps.items():
             start = time.perf_counter()
             step()
-            times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def paired_median_ms(steps: dict[str, Callable[[], Any]], n: int, warmup: int) -> dict[str, float]:
+    """Median ms of each step, timed in turn (``time_steps``)."""
+    return {name: statistics.median(t) for name, t in time_steps(steps, n, warmup).items()}
 
 
 def composed(step: Callable[[], Any]) -> Callable[[], Any]:

@@ -23,26 +23,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any
 
 ENGINES = ("tinypft", "torch")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def time_steps(steps: dict[str, Any], n: int, warmup: int) -> dict[str, list[float]]:
-    """ms of each of ``n`` calls of every step, the steps taken in turn (a, b, a, b, ...) so that a
-    change in the machine's load affects them alike; ``warmup`` untimed rounds first."""
-    for _ in range(warmup):
-        for step in steps.values():
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(n):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(1e3 * (time.perf_counter() - start))
-    return times
 
 
 def measure(engine: str, config: str, threads: int, methods: list[str], n_steps: int, warmup: int) -> dict:
@@ -50,7 +34,7 @@ def measure(engine: str, config: str, threads: int, methods: list[str], n_steps:
     per method, their steps taken in turn."""
     from ..engine.allocator import tune_malloc
     from ..threads import get_blas_threads, get_num_threads, set_num_threads
-    from .timing import tinypft_step, torch_step
+    from .timing import time_steps, tinypft_step, torch_step
     from .workload import batch_ids, build, parse_config
 
     if engine not in ENGINES:
