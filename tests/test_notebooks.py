@@ -52,6 +52,35 @@ def test_committed_notebook_carries_the_outputs_of_a_full_run(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_progress_bars_show_their_final_state(path):
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(path, as_version=4)
+    before = json.dumps(notebook, sort_keys=True)
+    lessons.final_progress_text(notebook)
+    assert json.dumps(notebook, sort_keys=True) == before, f"{path.name}: a progress bar's text is not final"
+
+
+def test_final_progress_text_rebuilds_the_bar_from_the_widget_state():
+    nbformat = pytest.importorskip("nbformat")
+    ids = {"box": "b0", "label": "l1", "bar": "p2", "tail": "t3"}
+    state = {
+        ids["box"]: {"model_name": "HBoxModel",
+                     "state": {"children": [f"IPY_MODEL_{ids[k]}" for k in ("label", "bar", "tail")]}},
+        ids["label"]: {"model_name": "HTMLModel", "state": {"value": "runs:\u2007100%"}},
+        ids["bar"]: {"model_name": "FloatProgressModel", "state": {"value": 3.0, "max": 3.0}},
+        ids["tail"]: {"model_name": "HTMLModel", "state": {"value": "\u20073/3\u2007[00:12&lt;00:00]"}},
+    }
+    view = {"model_id": ids["box"], "version_major": 2, "version_minor": 0}
+    output = nbformat.v4.new_output("display_data", data={lessons.WIDGET_VIEW: view,
+                                                          "text/plain": "runs:   0%|          | 0/3"})
+    cell = nbformat.v4.new_code_cell("", outputs=[output])
+    widgets = {lessons.WIDGET_STATE: {"state": state}}
+    notebook = nbformat.v4.new_notebook(cells=[cell], metadata={"widgets": widgets})
+    assert lessons.final_progress_text(notebook) == 1
+    assert cell.outputs[0]["data"]["text/plain"] == "runs: 100%|██████████| 3/3 [00:12<00:00]"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_reads_the_quick_flag_and_is_listed_in_the_index(path):
     notebook = json.loads(path.read_text(encoding="utf-8"))
     code = "".join("".join(cell["source"]) for cell in notebook["cells"] if cell["cell_type"] == "code")

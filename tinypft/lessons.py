@@ -10,12 +10,15 @@ thread unless ``OPENBLAS_NUM_THREADS``, ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS
 lessons' matrices are small, and on a busy machine extra BLAS threads mostly wait for each other.
 
 A full run records ``metadata.tinypft.mode = "full"`` in the notebook, which the tests use to
-check that the committed notebooks carry the outputs of a full run.
+check that the committed notebooks carry the outputs of a full run. A progress bar (``tqdm.auto``)
+is a widget, whose plain-text fallback (what a viewer without widgets, GitHub's among them, shows)
+is the bar's first state, "0%"; the runner rewrites each fallback to the bar's final state.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import os
 import sys
 import time
@@ -78,8 +81,41 @@ def run_notebook(path: str | Path, quick: bool, timeout: int = 600, allow_errors
         resources={"metadata": {"path": str(path.resolve().parent)}},
     )
     client.execute(env=kernel_env(quick))
+    final_progress_text(notebook)
     notebook.metadata.setdefault(METADATA_KEY, {})["mode"] = "quick" if quick else "full"
     return notebook
+
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def final_progress_text(notebook: Any) -> int:
+    """Rewrite the plain-text fallback of every tqdm widget in ``notebook`` to the bar's final state.
+
+    tqdm's notebook bar is an ``HBox`` of three widgets: an ``HTML`` label ("runs: 100%"), a
+    ``FloatProgress`` (value, max) and an ``HTML`` tail (" 3/3 [00:12<00:00, 4.1s/it]"). Their final
+    states are in the notebook's widget metadata; the text is rebuilt from them as tqdm prints it.
+    Returns how many outputs were rewritten.
+    """
+    state = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    rewritten = 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get(WIDGET_VIEW)
+            box = state.get(view["model_id"]) if view else None
+            if box is None or box.get("model_name") != "HBoxModel":
+                continue
+            parts = [state.get(child.removeprefix("IPY_MODEL_"), {}) for child in box["state"]["children"]]
+            if len(parts) != 3 or parts[1].get("model_name") != "FloatProgressModel":
+                continue
+            bar = parts[1]["state"]
+            filled = round(10 * bar.get("value", 0) / bar["max"]) if bar.get("max") else 0
+            label, tail = (html.unescape(p["state"].get("value", "")).replace("\u2007", " ")  # figure space
+                           for p in (parts[0], parts[2]))
+            output["data"]["text/plain"] = f"{label}|{'█' * filled}{' ' * (10 - filled)}|{tail}"
+            rewritten += 1
+    return rewritten
 
 
 def run_lessons(paths: Sequence[str | Path], quick: bool, timeout: int = 600) -> list[tuple[Path, float]]:
