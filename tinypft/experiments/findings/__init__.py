@@ -18,6 +18,7 @@ each claim gets a verdict computed from those numbers by rules that cannot misle
     experiments.py   the findings: each claim's rows and verdicts, EXPERIMENTS, run_experiments
     report.py        results.md (the paper against tinypft; a table and the verdicts per finding) and JSON
     cli.py           the command line
+    published.py     the published JSON read back: tables, verdicts and mean ± sd plots for the lessons
 """
 
 from .experiments import EXPERIMENTS, Experiment, run_experiments
