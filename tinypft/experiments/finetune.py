@@ -79,7 +79,7 @@ from ..data import (
 from ..engine import Tensor, functional, manual_seed, no_grad
 from ..model import last_real_index
 from ..model.pretrained import checkpoint_dir, load_pretrained
-from ..peft import PeftModel, get_peft_model, infix_batch_loss
+from ..peft import PeftConfig, PeftModel, get_peft_model, infix_batch_loss
 from ..serialization import atomic_directory
 from ..threads import num_threads
 from ..train import Batch, TrainConfig, TrainResult, encode_pairs, pad_batch, source_ids, train
@@ -465,20 +465,17 @@ def prepare(
     manual_seed(settings.seed)  # the method's initialization (and a probe's head) draws from here
     if settings.probe:
         base.add_classification_head(len(data.label_words))
-    counts = reference_token_counts(tokenizer) if settings.method == "prompt" else None
-    config = peft_config(
+    config = method_config(
         settings.method,
-        classification=settings.classification,
+        data,
+        tokenizer,
+        seed=settings.seed,
         num_virtual_tokens=settings.prefix_length,
         prefix_projection=settings.mlp,
         encoder_hidden_size=settings.prefix_hidden,
         mode=settings.mode,
         init=settings.init,
         init_text=settings.init_text,
-        label_words=data.label_words,
-        tokenizer=tokenizer,
-        token_counts=counts,
-        seed=settings.seed,
     )
     base_params = sum(p.size for name, p in base.named_parameters() if not name.startswith("cls_head."))
     model = get_peft_model(base, config)
@@ -487,6 +484,19 @@ def prepare(
         settings=settings, tokenizer=tokenizer, data=data, model=model, manifest=manifest,
         train_config=make_train_config(settings, len(data.train), tokenizer.pad_id) if trainable else None,
         trainable_params=trainable, total_params=total, base_params=base_params,
+    )
+
+
+def method_config(
+    method: str, data: TaskData, tokenizer: Tokenizer, seed: int = 0, **options: Any
+) -> PeftConfig:
+    """The experiments' config of ``method`` for ``data``'s task (``methods.peft_config``): the
+    method's defaults, the task's label words, and for prompt tuning the pool of its
+    sampled-vocabulary init. ``options``: ``peft_config``'s (num_virtual_tokens, init, mode, ...)."""
+    counts = reference_token_counts(tokenizer) if method == "prompt" else None
+    return peft_config(
+        method, classification=data.classification, label_words=data.label_words, tokenizer=tokenizer,
+        token_counts=counts, seed=seed, **options,
     )
 
 
