@@ -49,6 +49,7 @@ __all__ = [
     "Evaluation",
     "TaskData",
     "evaluate",
+    "evaluate_examples",
     "fitting_examples",
     "get_peft_model",
     "load_task",
@@ -246,9 +247,19 @@ def evaluate(
     classification task the label word with the largest logit at the separator."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    examples = list(getattr(data, split))
+    return evaluate_examples(model, data, getattr(data, split), split, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size)
+
+
+def evaluate_examples(
+    model: Any, data: TaskData, examples: Sequence[Any], split: str, *, max_new_tokens: int = 64,
+    batch_size: int = 32,
+) -> Evaluation:
+    """``evaluate`` on given ``examples`` of ``data``'s task (raw, as ``data.dev`` holds them),
+    reported under the name ``split``."""
+    examples = list(examples)
     if not examples:
-        raise ValueError(f"the {data.task} data have no {split} examples")
+        raise ValueError(f"no {data.task} examples to evaluate in {split!r}")
     metrics, outputs = finetune.score(
         model, data.tokenizer or load_tokenizer(), examples, data.label_words if data.classification else (),
         max_new_tokens=max_new_tokens, batch_size=batch_size,
