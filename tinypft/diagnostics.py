@@ -246,20 +246,22 @@ def step_zero(model: Any, data: TaskData, batches: int = 2, batch_size: int = 8)
         p.grad = None
     chunks = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
     losses = []
-    for chunk in chunks:
-        loss = loss_fn(model, pad_batch(chunk, pad_id))
-        loss.backward()  # gradients add up over the chunks
-        losses.append(float(loss.item()))
-    grads = {name: np.zeros(p.shape) if p.grad is None else p.grad / len(chunks) for name, p in trainable}
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):  # inf and nan are reported below
+        for chunk in chunks:
+            loss = loss_fn(model, pad_batch(chunk, pad_id))
+            loss.backward()  # gradients add up over the chunks
+            losses.append(float(loss.item()))
+        grads = {name: np.zeros(p.shape) if p.grad is None else p.grad / len(chunks) for name, p in trainable}
     for _, p in trainable:
         p.grad = None
     model.train(was_training)
 
-    norms = {name: float(np.sqrt(np.sum(np.square(g, dtype=np.float64)))) for name, g in grads.items()}
+    with np.errstate(invalid="ignore", over="ignore"):
+        norms = {name: float(np.sqrt(np.sum(np.square(g, dtype=np.float64)))) for name, g in grads.items()}
     largest = max((n for n in norms.values() if math.isfinite(n)), default=0.0)
 
     def summary(name: str, members: list[str]) -> GradNorm:
-        norm = float(np.sqrt(sum(norms[m] ** 2 for m in members)))
+        norm = float(math.sqrt(sum(norms[m] ** 2 for m in members)))
         finite = all(bool(np.isfinite(grads[m]).all()) for m in members)
         return GradNorm(name=name, tensors=len(members), size=sum(grads[m].size for m in members), norm=norm,
                         zero=finite and norm <= ZERO_GRAD * largest, finite=finite)
