@@ -43,11 +43,13 @@ __all__ = [
     "OutputSpread",
     "SerParts",
     "StepZero",
+    "group_name",
     "lr_sweep",
     "output_spread",
     "ser_parts",
     "step_zero",
     "text_prompt_baseline",
+    "with_instruction",
 ]
 
 CONSTANT_SHARE = 0.9  # outputs count as constant when the most common one is at least this share
