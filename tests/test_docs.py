@@ -136,6 +136,7 @@ def test_python_block_runs(block: CodeBlock):
 API_PACKAGES = [
     "tinypft", "tinypft.engine", "tinypft.engine.functional", "tinypft.nn", "tinypft.optim", "tinypft.model",
     "tinypft.data", "tinypft.train", "tinypft.peft", "tinypft.serialization", "tinypft.exercises",
+    "tinypft.recipe", "tinypft.diagnostics",
 ]
 
 

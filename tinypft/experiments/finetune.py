@@ -79,7 +79,7 @@ from ..data import (
 from ..engine import Tensor, functional, manual_seed, no_grad
 from ..model import last_real_index
 from ..model.pretrained import checkpoint_dir, load_pretrained
-from ..peft import PeftModel, get_peft_model, infix_batch_loss
+from ..peft import PeftConfig, PeftModel, get_peft_model, infix_batch_loss
 from ..serialization import atomic_directory
 from ..threads import num_threads
 from ..train import Batch, TrainConfig, TrainResult, encode_pairs, pad_batch, source_ids, train
@@ -213,6 +213,13 @@ class TaskData:
     unseen: list[Any] = field(default_factory=list)  # and the test MRs with them
     dropped: int = 0  # training examples longer than the context leaves room for
     eval_note: str = ""
+    tokenizer: Tokenizer | None = field(default=None, repr=False)  # the one that encoded train and valid
+    valid_split: str | None = None  # what valid holds: "dev", "heldout" (training MRs set aside) or None
+
+    @property
+    def classification(self) -> bool:
+        """True when the task is scored by class (rating, match), False when by generated text."""
+        return self.task not in GENERATION_TASKS
 
 
 def evenly_spaced(items: Sequence[Any], n: int | None) -> list[Any]:
@@ -223,9 +230,10 @@ def evenly_spaced(items: Sequence[Any], n: int | None) -> list[Any]:
     return [items[i] for i in index]
 
 
-def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int) -> TaskData:
+def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int | None) -> TaskData:
     """Training, dev and test data of ``settings.task``; training examples over ``max_length``
-    tokens are dropped (and counted). The training subset depends on the seed, dev/test do not."""
+    tokens are dropped (and counted; None keeps all). The training subset depends on the seed,
+    dev/test do not."""
     if settings.task == "webnlg":
         return load_webnlg_task(settings, tokenizer, max_length)
     splits: dict[str, list[E2EExample]] = {
@@ -270,14 +278,14 @@ def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int)
     pairs = flatten_pairs(train_items) if settings.task == "e2e" and not by_pair else list(train_items)
     if settings.probe:  # the class index at the last source token; see probe_loss
         encoded = [probe_example(tokenizer, source, labels.index(label)) for source, label in pairs]
-        encoded = [ex for ex in encoded if len(ex[0]) <= max_length]
+        encoded = [ex for ex in encoded if max_length is None or len(ex[0]) <= max_length]
     else:
         encoded = encode_pairs(tokenizer, pairs, max_length=max_length)
     valid_pairs = flatten_pairs(valid_items) if settings.task == "e2e" else list(valid_items)
     valid_pairs = evenly_spaced(valid_pairs, VALID_PAIRS)
     if settings.probe:
         valid = [probe_example(tokenizer, source, labels.index(label)) for source, label in valid_pairs]
-        valid = [ex for ex in valid if len(ex[0]) <= max_length]
+        valid = [ex for ex in valid if max_length is None or len(ex[0]) <= max_length]
     else:
         valid = encode_pairs(tokenizer, valid_pairs, max_length=max_length)
     note = ""
@@ -296,10 +304,12 @@ def load_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int)
         valid=valid,
         seen=evenly_spaced(seen, settings.eval_size),
         unseen=evenly_spaced(unseen, settings.eval_size),
+        tokenizer=tokenizer,
+        valid_split=settings.select,
     )
 
 
-def load_webnlg_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int) -> TaskData:
+def load_webnlg_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_length: int | None) -> TaskData:
     """WebNLG 2017 (through ``TINYPFT_DATA``): train on the training entries (the 10 seen
     categories), validate on dev, score ``seen`` and ``unseen`` test categories (``test`` is both).
     Only entries whose linearized triples take at most ``WEBNLG_MAX_SOURCE`` tokens are used."""
@@ -322,7 +332,8 @@ def load_webnlg_task(settings: FinetuneSettings, tokenizer: Tokenizer, max_lengt
         task="webnlg", train=encoded, dev=evenly_spaced(dev, n),
         test=evenly_spaced(seen, n) + evenly_spaced(unseen, n), train_units=len(train),
         dropped=len(train) - len(encoded), eval_note=f"entries of at most {WEBNLG_MAX_SOURCE} source tokens",
-        valid=valid, seen=evenly_spaced(seen, n), unseen=evenly_spaced(unseen, n),
+        valid=valid, seen=evenly_spaced(seen, n), unseen=evenly_spaced(unseen, n), tokenizer=tokenizer,
+        valid_split=settings.select,
     )
 
 
@@ -454,20 +465,17 @@ def prepare(
     manual_seed(settings.seed)  # the method's initialization (and a probe's head) draws from here
     if settings.probe:
         base.add_classification_head(len(data.label_words))
-    counts = reference_token_counts(tokenizer) if settings.method == "prompt" else None
-    config = peft_config(
+    config = method_config(
         settings.method,
-        classification=settings.classification,
+        data,
+        tokenizer,
+        seed=settings.seed,
         num_virtual_tokens=settings.prefix_length,
         prefix_projection=settings.mlp,
         encoder_hidden_size=settings.prefix_hidden,
         mode=settings.mode,
         init=settings.init,
         init_text=settings.init_text,
-        label_words=data.label_words,
-        tokenizer=tokenizer,
-        token_counts=counts,
-        seed=settings.seed,
     )
     base_params = sum(p.size for name, p in base.named_parameters() if not name.startswith("cls_head."))
     model = get_peft_model(base, config)
@@ -476,6 +484,19 @@ def prepare(
         settings=settings, tokenizer=tokenizer, data=data, model=model, manifest=manifest,
         train_config=make_train_config(settings, len(data.train), tokenizer.pad_id) if trainable else None,
         trainable_params=trainable, total_params=total, base_params=base_params,
+    )
+
+
+def method_config(
+    method: str, data: TaskData, tokenizer: Tokenizer, seed: int = 0, **options: Any
+) -> PeftConfig:
+    """The experiments' config of ``method`` for ``data``'s task (``methods.peft_config``): the
+    method's defaults, the task's label words, and for prompt tuning the pool of its
+    sampled-vocabulary init. ``options``: ``peft_config``'s (num_virtual_tokens, init, mode, ...)."""
+    counts = reference_token_counts(tokenizer) if method == "prompt" else None
+    return peft_config(
+        method, classification=data.classification, label_words=data.label_words, tokenizer=tokenizer,
+        token_counts=counts, seed=seed, **options,
     )
 
 
@@ -498,6 +519,26 @@ def make_train_config(settings: FinetuneSettings, n_train: int, pad_id: int) -> 
     )
 
 
+def is_infix(model: Any) -> bool:
+    """True for a Prefix-Tuning model in infix mode (its prefix goes before the separator)."""
+    config = getattr(model, "peft_config", None)
+    return getattr(config, "method", None) == "prefix" and config.mode == "infix"
+
+
+def loss_function(model: Any, probe: bool = False) -> Callable[[Any, Batch], Tensor]:
+    """The training loss of ``model``: the probe's class cross-entropy, the infix loss (the
+    infix placed at each separator), or the LM loss on the target tokens."""
+    return probe_loss if probe else infix_batch_loss if is_infix(model) else lm_batch_loss
+
+
+def for_inference(model: Any) -> None:
+    """Put a trained model in its inference form: bake a prefix MLP into the prefix (what the
+    adapter stores is what gets evaluated), then eval mode."""
+    if getattr(getattr(model, "peft_config", None), "method", None) == "prefix":
+        model.merge()
+    model.eval()
+
+
 def fit(
     run: Run, callback: Any = None, trainer: Callable[..., TrainResult] = train,
     state_dir: str | Path | None = None, checkpoint_every: int = 100, resume: bool = False,
@@ -509,7 +550,6 @@ def fit(
     steps and at the end; ``resume`` continues from the latest one (see ``tinypft.train.trainer``).
     """
     if run.train_config is not None:
-        loss_fn = probe_loss if run.settings.probe else infix_batch_loss if run.infix else lm_batch_loss
         valid = run.data.valid if run.settings.select else None
         extra: dict[str, Any] = {}
         if state_dir is not None:
@@ -518,40 +558,59 @@ def fit(
             )
             extra["resume"] = resume
         run.result = trainer(
-            run.model, run.data.train, run.train_config, eval_examples=valid, loss_fn=loss_fn,
-            callback=callback, **extra
+            run.model, run.data.train, run.train_config, eval_examples=valid,
+            loss_fn=loss_function(run.model, run.settings.probe), callback=callback, **extra
         )
-    if run.settings.method == "prefix":
-        run.model.merge()  # inference form: what the adapter stores is what gets evaluated
-    run.model.eval()
+    for_inference(run.model)
     return run
+
+
+def score(
+    model: Any, tokenizer: Tokenizer, examples: Sequence[Any], label_words: Sequence[str] = (),
+    probe: bool = False, max_new_tokens: int = 64, batch_size: int = 32,
+) -> tuple[dict[str, Any], list[str]]:
+    """Score ``model`` on ``examples``: (metrics, one output per example).
+
+    Generation (no ``label_words``; ``E2EExample``s or ``(source, refs)`` pairs): greedy outputs
+    and ``{"bleu", "ser", "names_venue", "distinct", "n", "samples"}`` (``evaluate_generation``).
+    Classification (``(source, label word)`` pairs): the predicted label words and
+    ``{"accuracy", "n", "class_counts"}``, read by the label words' logits at the separator, or by
+    the classification head with ``probe``. Both add ``seconds``. An infix model is called with
+    its infix at the separator, where training put it.
+    """
+    start = time.perf_counter()
+    if not label_words:
+        scores = evaluate_generation(
+            InfixAtSeparator(model) if is_infix(model) else model, tokenizer, examples,
+            max_new_tokens=max_new_tokens, batch_size=batch_size, n_samples=3,
+        )
+        metrics = {k: scores[k] for k in ("bleu", "ser", "names_venue", "distinct", "n")}
+        metrics["samples"] = scores["samples"]
+        outputs = scores["outputs"]
+    else:
+        sources = [source for source, _ in examples]
+        gold = np.array([label_words.index(label) for _, label in examples])
+        label_ids = None if probe else label_token_ids(tokenizer, label_words)
+        predicted = classify(model, tokenizer, sources, label_ids, is_infix(model), batch_size)
+        metrics = {"accuracy": float((predicted == gold).mean()), "n": len(examples),
+                   "class_counts": np.bincount(predicted, minlength=len(label_words)).tolist()}
+        outputs = [label_words[i] for i in predicted]
+    metrics["seconds"] = time.perf_counter() - start
+    return metrics, outputs
 
 
 def evaluate(run: Run, split: str) -> dict[str, Any]:
     """Metrics on ``split`` (dev, test; with unseen values also seen and unseen): BLEU, SER (e2e), or
-    accuracy and how often each class was predicted (classification)."""
+    accuracy and how often each class was predicted (classification). See ``score``."""
     if split not in ("dev", "test", "seen", "unseen"):
         raise ValueError(f"split must be dev, test, seen or unseen, got {split!r}")
-    examples = getattr(run.data, split)
     s = run.settings
-    start = time.perf_counter()
-    if s.task in GENERATION_TASKS:
-        model = InfixAtSeparator(run.model) if run.infix else run.model
-        scores = evaluate_generation(
-            model, run.tokenizer, examples, max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size,
-            n_samples=3,
-        )
-        metrics = {k: scores[k] for k in ("bleu", "ser", "names_venue", "distinct", "n")}
-        metrics["samples"] = scores["samples"]
-        run.outputs[split] = scores["outputs"]
-    else:
-        sources = [source for source, _ in examples]
-        gold = np.array([run.data.label_words.index(label) for _, label in examples])
-        label_ids = None if s.probe else label_token_ids(run.tokenizer, run.data.label_words)
-        predicted = classify(run.model, run.tokenizer, sources, label_ids, run.infix, s.eval_batch_size)
-        metrics = {"accuracy": float((predicted == gold).mean()), "n": len(examples),
-                   "class_counts": np.bincount(predicted, minlength=len(run.data.label_words)).tolist()}
-    metrics["seconds"] = time.perf_counter() - start
+    metrics, outputs = score(
+        run.model, run.tokenizer, getattr(run.data, split), run.data.label_words if s.classification else (),
+        probe=s.probe, max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch_size,
+    )
+    if not s.classification:
+        run.outputs[split] = outputs
     run.evals[split] = metrics
     return metrics
 
