@@ -1,6 +1,6 @@
 """``tinypft scale``: a sense of scale on the real E2E data, trained by PyTorch and by tinypft.
 
-    tinypft scale                       # PyTorch does the training steps (needs torch), -> docs/scale.md
+    tinypft scale                       # PyTorch does the steps (needs torch) -> runs/scale/scale.md
     tinypft scale --engine both         # the same recipe trained by each engine, side by side
     tinypft scale --quick --size tiny   # a few steps: checks that everything runs
 
@@ -358,7 +358,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=path_arg,
                         help="folder for checkpoints and run records (default runs/scale)")
     parser.add_argument("--out", type=path_arg,
-                        help="folder for scale.md and results/scale.json (default docs)")
+                        help="folder for scale.md and results/scale.json (default runs/scale)")
     parser.add_argument("--threads", type=positive_int, default=1, help="BLAS and PyTorch threads")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -368,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     engines = list(ENGINES) if args.engine == "both" else [args.engine]
     suffix = "-quick" if quick else ""
     root = Path(f"runs/scale{suffix}" if args.runs is None else args.runs)
-    out = Path(("runs/scale-quick" if quick else "docs") if args.out is None else args.out)
+    out = Path(f"runs/scale{suffix}" if args.out is None else args.out)
     for flag, folder in (("--runs", root), ("--out", out)):
         if touches_shipped(folder):
             raise ValueError(f"{flag} {folder} lies in the shipped checkpoints' folder; give another folder")
