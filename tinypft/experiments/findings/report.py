@@ -109,6 +109,17 @@ def overview(experiments: Sequence[Experiment], sections: Sequence[Section]) -> 
     return lines + [""]
 
 
+SCALE_NOTE = (
+    "**A sense of scale.** The papers' models have 110M (BERT-base) to 11B (T5-XXL) parameters, pretrained "
+    "on billions of words; GPT-2 medium, the Prefix-Tuning paper's model, reaches 68.8 BLEU on E2E with "
+    "full fine-tuning. The `small` checkpoint here has 1.07M parameters, pretrained in-domain on the E2E "
+    "training references grouped by MR (`tinypft pretrain`), which is what lets the parameter-efficient "
+    "methods steer it: `real_e2e` below is how far this recipe gets at this size. `tinypft scale --engine "
+    "both` retrains the whole recipe, pretraining included, with PyTorch and with tinypft doing the steps, "
+    "to check that tinypft's engine is not what limits these numbers (its report goes to `runs/scale/`)."
+)
+
+
 def introduction(ctx: Context, command: str, run_seconds: float, runs: int, seconds: float) -> list[str]:
     """The lines above the sections: the command, the model, budget and seeds, and how to read a table."""
     return [
@@ -144,14 +155,7 @@ def introduction(ctx: Context, command: str, run_seconds: float, runs: int, seco
         "These are models of 0.1-5M parameters pretrained on 40,000 restaurant descriptions: a finding that "
         "does not reproduce here says something about this scale, not about the paper.",
         "",
-        "**A sense of scale.** The papers' models have 110M (BERT-base) to 11B (T5-XXL) parameters, "
-        "pretrained on billions of words; GPT-2 medium, the Prefix-Tuning paper's model, reaches 68.8 BLEU on E2E with "
-        "full fine-tuning. The `small` checkpoint here has 1.07M parameters, pretrained in-domain on the E2E "
-        "training references grouped by MR (`tinypft pretrain`), which is what lets the parameter-efficient "
-        "methods steer it: `real_e2e` below is how far this recipe gets at this size. `tinypft scale "
-        "--engine both` retrains the whole recipe, pretraining included, with PyTorch and with tinypft doing "
-        "the steps, to check that tinypft's engine is not what limits these numbers (its report goes to "
-        "`runs/scale/`).",
+        SCALE_NOTE,
         "",
     ]
 
