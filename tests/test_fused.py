@@ -403,3 +403,21 @@ def test_embedding_backward_is_np_add_at_bit_for_bit(pad_count: int) -> None:
     np.add.at(expected, ids, grad)
     got = ops.embedding_backward(ids.reshape(20, -1) if ids.size % 20 == 0 else ids, grad, 50)
     assert np.array_equal(got.view(np.int32), expected.view(np.int32))
+
+
+def test_mask_bias_is_reused_only_for_a_read_only_mask() -> None:
+    """GPT passes one read-only mask to every layer: its bias is computed once. A writable mask may
+    change between calls, so its bias is computed afresh each time."""
+    mask = np.tril(np.ones((5, 5), bool))[None, None].repeat(2, axis=0)  # (2, 1, 5, 5)
+    mask[1, 0, 3] = False  # a query that attends to nothing
+    bias, empty = fused.mask_bias(mask, np.dtype(np.float32))
+    assert empty and bias.dtype == np.float32
+    np.testing.assert_array_equal(bias, np.where(mask, 0, np.finfo(np.float32).min))
+    assert fused.mask_bias(mask, np.dtype(np.float32))[0] is not bias  # writable: not reused
+    mask[0, 0, 4, 0] = False  # ... and indeed changed
+    assert fused.mask_bias(mask, np.dtype(np.float32))[0][0, 0, 4, 0] == np.finfo(np.float32).min
+    mask.flags.writeable = False
+    first = fused.mask_bias(mask, np.dtype(np.float32))[0]
+    assert fused.mask_bias(mask, np.dtype(np.float32))[0] is first  # read-only: reused
+    assert fused.mask_bias(mask, np.dtype(np.float64))[0].dtype == np.float64  # another dtype: its own
+    assert fused.mask_bias(np.ones((3, 3), bool), np.dtype(np.float32)) == (None, False)

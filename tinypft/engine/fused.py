@@ -46,6 +46,7 @@ result broadcasts back. Reductions call the ufunc's ``reduce`` (``np.add.reduce`
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -433,6 +434,32 @@ def attention_forward(
     return out, p
 
 
+_last_mask: list = [None]  # (weak reference to a read-only mask, dtype, its score bias, fully masked rows?)
+
+
+def mask_bias(mask: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray | None, bool]:
+    """What attention adds to the scores for a boolean ``mask`` (True: may attend): 0 where attending
+    is allowed and the dtype's minimum where it is not (None when nothing is masked), and whether
+    some query may attend to nothing.
+
+    A model passes the same mask to each of its layers. A read-only mask cannot change between
+    them (GPT makes its mask read-only), so the result for the last read-only mask is kept and
+    reused: the layers after the first skip the (B, 1, S, Tk) ``np.where`` and the row check.
+    """
+    if mask is None:
+        return None, False
+    last = _last_mask[0]
+    if last is not None and last[0]() is mask and last[1] == dtype:
+        return last[2], last[3]
+    bias, empty_rows = None, False
+    if not mask.all():  # an all-True mask (one prompt, decoding) changes nothing
+        bias = np.where(mask, 0, np.finfo(dtype).min)  # e.g. (Tq, Tk) or (B, 1, Tq, Tk)
+        empty_rows = not mask.any(axis=-1).all()  # some query may attend to nothing
+    if not mask.flags.writeable:
+        _last_mask[0] = (weakref.ref(mask), dtype, bias, empty_rows)
+    return bias, empty_rows
+
+
 class Attention(Function):
     """out = P V,  P = softmax(S),  S = Q K^T * s with masked scores set to the dtype's minimum.
 
@@ -452,11 +479,8 @@ class Attention(Function):
     def forward(
         ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None
     ) -> np.ndarray:
-        score_bias, empty_rows = None, False
-        if mask is not None and not mask.all():  # an all-True mask (one prompt, decoding) changes nothing
-            score_bias = np.where(mask, 0, np.finfo(q.dtype).min)  # e.g. (Tq, Tk) or (B, 1, Tq, Tk)
-            empty_rows = not mask.any(axis=-1).all()  # some query may attend to nothing
-        out, p = attention_forward(q, k, v, score_bias)  # (B, H, Tq, d), (B, H, Tq, Tk)
+        bias, empty_rows = mask_bias(mask, q.dtype)
+        out, p = attention_forward(q, k, v, bias)  # (B, H, Tq, d), (B, H, Tq, Tk)
         ctx.save_for_backward(q, k, v, p, out, mask if empty_rows else None, q.shape[-1] ** -0.5)
         return out
 
