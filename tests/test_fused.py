@@ -132,6 +132,25 @@ def test_cross_entropy(targets: np.ndarray) -> None:
     check_kernel(lambda z: F.cross_entropy(z, targets), [(2, 3, 5)], scale=3.0)
 
 
+def test_cross_entropy_computes_counted_rows_alike_in_place_or_gathered() -> None:
+    """Mostly counted rows are computed in place (the ignored ones get exactly zero gradient), mostly
+    ignored ones by gathering the counted rows: a counted row gets the same numbers either way."""
+    rng = np.random.default_rng(5)
+    counted = rng.standard_normal((4, 7)).astype(np.float32) * 3
+    targets = np.array([2, 0, 6, 3])
+    results = []
+    for extra in (1, 5):  # 4 of 5 rows count (in place), 4 of 9 (gathered)
+        ignored = rng.standard_normal((extra, 7)).astype(np.float32)
+        z = Tensor(np.concatenate([counted, ignored]), requires_grad=True)
+        with use_fused_kernels(True):
+            loss = F.cross_entropy(z, np.concatenate([targets, np.full(extra, -100)]))
+        loss.backward()
+        assert np.all(z.grad[4:] == 0)
+        results.append((loss.data, z.grad[:4]))
+    assert results[0][0].tobytes() == results[1][0].tobytes()
+    assert results[0][1].tobytes() == results[1][1].tobytes()
+
+
 def test_cross_entropy_custom_ignore_index_and_2d_logits() -> None:
     targets = np.array([0, 7, 2, 7])
     check_kernel(lambda z: F.cross_entropy(z, targets, ignore_index=7), [(4, 5)])
