@@ -533,39 +533,21 @@ class Where(Function):
 # ----------------------------------------------------------------------------- lookups and noise
 
 
-EMBEDDING_ROUNDS = 32  # ids that occur more often than this are summed one id at a time
-
-
 def embedding_backward(ids: np.ndarray, grad: np.ndarray, num_rows: int) -> np.ndarray:
     """dweight (num_rows, dim): the rows of ``grad`` (..., dim) summed by their id in ``ids`` (...).
 
-    The same sums as the reference ``np.add.at(dweight, ids, grad)``, bit for bit: each id receives
-    its rows one after the other, in the order they occur, starting from 0. ``np.add.at`` takes one
-    row at a time; here a round adds the k-th occurrence of every id at once (k = 0, 1, ...): one
-    fancy-indexed add per round, with no two rows of a round going to the same id. An id that occurs
-    more than ``EMBEDDING_ROUNDS`` times (a padding token) is summed on its own instead, by a
-    reduction over axis 0 (which adds the rows in order).
+    Sorting the ids puts equal ids next to each other, so each run of equal ids is one
+    contiguous block summed by ``np.add.reduceat``: much faster than the scatter ``np.add.at``.
     """
     flat_ids = ids.reshape(-1)  # (N,)
     flat_grad = grad.reshape(flat_ids.size, grad.shape[-1])  # (N, dim)
     dweight = np.zeros((num_rows, grad.shape[-1]), dtype=grad.dtype)
-    n = flat_ids.size
-    if n == 0:
+    if flat_ids.size == 0:
         return dweight
-    order = np.argsort(flat_ids, kind="stable")  # positions grouped by id, each group in its original order
+    order = np.argsort(flat_ids, kind="stable")
     sorted_ids = flat_ids[order]  # (N,)
     starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))  # where runs begin
-    counts = np.diff(np.append(starts, n))  # occurrences of each id
-    occurrence = np.arange(n) - np.repeat(starts, counts)  # k: this is the k-th occurrence of its id
-    heavy = counts > EMBEDDING_ROUNDS
-    if heavy.any():
-        for start, count in zip(starts[heavy], counts[heavy]):
-            rows = order[start : start + count]
-            dweight[flat_ids[rows[0]]] += np.add.reduce(flat_grad[rows], axis=0)
-        occurrence[np.repeat(heavy, counts)] = EMBEDDING_ROUNDS  # no round takes them
-    for k in range(min(int(counts.max()), EMBEDDING_ROUNDS)):
-        rows = order[occurrence == k]  # (ids with a k-th occurrence,) positions
-        dweight[flat_ids[rows]] += flat_grad[rows]
+    dweight[sorted_ids[starts]] = np.add.reduceat(flat_grad[order], starts, axis=0)
     return dweight
 
 
@@ -573,8 +555,8 @@ class Embedding(Function):
     """out[..., :] = weight[ids[...], :];  dweight = g scatter-added into the looked-up rows.
 
     A token id that occurs several times receives the sum of its gradients: ``np.add.at`` on the
-    composed path (the reference), ``embedding_backward`` (the same sums, vectorized by rounds) when
-    the fused kernels were on at forward time.
+    composed path (the reference), ``embedding_backward`` (sorted ids, one ``reduceat``) when the
+    fused kernels were on at forward time.
     """
 
     @staticmethod
