@@ -132,6 +132,25 @@ def test_cross_entropy(targets: np.ndarray) -> None:
     check_kernel(lambda z: F.cross_entropy(z, targets), [(2, 3, 5)], scale=3.0)
 
 
+def test_cross_entropy_computes_counted_rows_alike_in_place_or_gathered() -> None:
+    """Mostly counted rows are computed in place (the ignored ones get exactly zero gradient), mostly
+    ignored ones by gathering the counted rows: a counted row gets the same numbers either way."""
+    rng = np.random.default_rng(5)
+    counted = rng.standard_normal((4, 7)).astype(np.float32) * 3
+    targets = np.array([2, 0, 6, 3])
+    results = []
+    for extra in (1, 5):  # 4 of 5 rows count (in place), 4 of 9 (gathered)
+        ignored = rng.standard_normal((extra, 7)).astype(np.float32)
+        z = Tensor(np.concatenate([counted, ignored]), requires_grad=True)
+        with use_fused_kernels(True):
+            loss = F.cross_entropy(z, np.concatenate([targets, np.full(extra, -100)]))
+        loss.backward()
+        assert np.all(z.grad[4:] == 0)
+        results.append((loss.data, z.grad[:4]))
+    assert results[0][0].tobytes() == results[1][0].tobytes()
+    assert results[0][1].tobytes() == results[1][1].tobytes()
+
+
 def test_cross_entropy_custom_ignore_index_and_2d_logits() -> None:
     targets = np.array([0, 7, 2, 7])
     check_kernel(lambda z: F.cross_entropy(z, targets, ignore_index=7), [(4, 5)])
@@ -387,3 +406,21 @@ def test_embedding_backward_matches_scatter_add(ids_shape: tuple[int, ...], num_
         got = ops.embedding_backward(ids.astype(id_dtype), grad, num_rows)
         assert got.shape == (num_rows, 3) and got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_mask_bias_is_reused_only_for_a_read_only_mask() -> None:
+    """GPT passes one read-only mask to every layer: its bias is computed once. A writable mask may
+    change between calls, so its bias is computed afresh each time."""
+    mask = np.tril(np.ones((5, 5), bool))[None, None].repeat(2, axis=0)  # (2, 1, 5, 5)
+    mask[1, 0, 3] = False  # a query that attends to nothing
+    bias, empty = fused.mask_bias(mask, np.dtype(np.float32))
+    assert empty and bias.dtype == np.float32
+    np.testing.assert_array_equal(bias, np.where(mask, 0, np.finfo(np.float32).min))
+    assert fused.mask_bias(mask, np.dtype(np.float32))[0] is not bias  # writable: not reused
+    mask[0, 0, 4, 0] = False  # ... and indeed changed
+    assert fused.mask_bias(mask, np.dtype(np.float32))[0][0, 0, 4, 0] == np.finfo(np.float32).min
+    mask.flags.writeable = False
+    first = fused.mask_bias(mask, np.dtype(np.float32))[0]
+    assert fused.mask_bias(mask, np.dtype(np.float32))[0] is first  # read-only: reused
+    assert fused.mask_bias(mask, np.dtype(np.float64))[0].dtype == np.float64  # another dtype: its own
+    assert fused.mask_bias(np.ones((3, 3), bool), np.dtype(np.float32)) == (None, False)

@@ -168,7 +168,7 @@ class Function:
     @classmethod
     def _apply_recorded(cls, inputs: tuple[Tensor, ...], kwargs: dict[str, Any]) -> Tensor:
         """The recording path: forward with a real Context, then a Node that backward will visit."""
-        ctx = Context(tuple(t._requires_grad for t in inputs))
+        ctx = Context(tuple([t._requires_grad for t in inputs]))
         out = Tensor._wrap(cls.forward(ctx, *[t._data for t in inputs], **kwargs))
         out.requires_grad = True  # the setter refuses a non-float output
         out._node = Node(cls, ctx, inputs, _changes)
@@ -398,7 +398,7 @@ class Tensor:
         if grad.shape != self.shape:
             raise ValueError(f"backward(): grad has shape {grad.shape} but the tensor has shape {self.shape}")
 
-        grads: dict[int, np.ndarray] = {id(self): grad}
+        grads: dict[int, np.ndarray] = {id(self): grad}  # id of a tensor -> dL/d(tensor) summed so far
         for tensor in reversed(_topological_order(self)):
             g = grads.pop(id(tensor), None)
             node = tensor._node
@@ -406,21 +406,21 @@ class Tensor:
                 if g is not None:
                     tensor.grad = g.copy() if tensor.grad is None else tensor.grad + g
                 continue
-            if isinstance(node, _Released):
+            if node is RELEASED:
                 raise RuntimeError("backward() reached a part of the graph that was already released")
             if g is not None:
                 if node.changes != _changes:  # something was changed in place since this forward
                     _check_unchanged(node, tensor)
-                input_grads = node.fn.backward(node.ctx, g)
-                for inp, ig in zip(node.inputs, input_grads):
-                    if ig is None or not inp.requires_grad:
+                for inp, ig in zip(node.inputs, node.fn.backward(node.ctx, g)):
+                    if ig is None or not inp._requires_grad:
                         continue
-                    if ig.shape != inp.shape:  # a bug in an op's backward, never the user's fault
+                    if ig.shape != inp._data.shape:  # a bug in an op's backward, never the user's fault
                         raise RuntimeError(
                             f"{node.fn.__name__}.backward gave shape {ig.shape} for input {inp.shape}"
                         )
                     key = id(inp)
-                    grads[key] = ig if key not in grads else grads[key] + ig
+                    previous = grads.get(key)
+                    grads[key] = ig if previous is None else previous + ig
             if not retain_graph:
                 tensor._node = RELEASED  # frees the saved arrays and the references to inputs
 
@@ -558,14 +558,15 @@ def _topological_order(root: Tensor) -> list[Tensor]:
         if inputs_done:  # every input of this tensor is already in the order
             order.append(tensor)
             continue
-        if id(tensor) in visited:
+        key = id(tensor)
+        if key in visited:
             continue
-        visited.add(id(tensor))
+        visited.add(key)
         stack.append((tensor, True))
         node = tensor._node
-        if isinstance(node, Node):
+        if node is not None and node is not RELEASED:
             for inp in node.inputs:
-                if inp.requires_grad and id(inp) not in visited:
+                if inp._requires_grad and id(inp) not in visited:
                     stack.append((inp, False))
     return order
 

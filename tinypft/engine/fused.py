@@ -46,6 +46,7 @@ result broadcasts back. Reductions call the ufunc's ``reduce`` (``np.add.reduce`
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -327,45 +328,63 @@ class CrossEntropy(Function):
     """loss = mean over the n counted rows r of  logsumexp(z_r) - z_r[t_r],  z the logits as (N, C).
 
     d loss / d z_r = (softmax(z_r) - onehot(t_r)) / n for a counted row, 0 for an ignored one.
+
+    When most rows count (a language model's loss ignores one position per sequence), every row
+    is computed in place and the ignored ones are left out of the mean and given a zero gradient:
+    no copy of the counted logits and no scatter of their gradient into a zeroed (N, C) array.
+    Otherwise only the counted rows are gathered and computed. Either way a counted row gets the
+    same arithmetic.
     """
 
     @staticmethod
     def forward(ctx: Context, logits: np.ndarray, targets: np.ndarray, rows: np.ndarray) -> np.ndarray:
         flat = logits.reshape(-1, logits.shape[-1])  # (N, C)
-        n, C = rows.size, flat.shape[1]
-        every_row = n == flat.shape[0]
-        picked_targets = targets[rows]  # (n,)
-        e = np.empty((n, C), logits.dtype)  # softmax numerators exp(z - max z)
-        total = np.empty((n, 1), logits.dtype)  # their sums
-        target_logit = np.empty(n, logits.dtype)  # z_t - max z
+        (N, C), n = flat.shape, rows.size
+        every_row = 2 * n >= N  # compute all N rows (in place) rather than gather the n counted ones
+        if every_row:
+            picked_targets = np.zeros(N, targets.dtype)  # (N,): an ignored row picks class 0, never used
+            picked_targets[rows] = targets[rows]
+        else:
+            picked_targets = targets[rows]  # (n,)
+        m = len(picked_targets)  # rows computed
+        e = np.empty((m, C), logits.dtype)  # softmax numerators exp(z - max z)
+        total = np.empty((m, 1), logits.dtype)  # their sums
+        target_logit = np.empty(m, logits.dtype)  # z_t - max z
 
-        def counted_rows(r: slice) -> None:
-            z = flat[r] if every_row else flat[rows[r]]  # (rows, C): only the rows that count
+        def computed_rows(r: slice) -> None:
+            z = flat[r] if every_row else flat[rows[r]]  # (rows, C)
             er = e[r]
             np.subtract(z, np.maximum.reduce(z, axis=1, keepdims=True), out=er)  # shifted: <= 0
             target_logit[r] = er[np.arange(len(er)), picked_targets[r]]
             np.exp(er, out=er)
             np.add.reduce(er, axis=1, keepdims=True, out=total[r])
 
-        parallel_for(n, counted_rows, _min_rows(C))
-        loss = np.mean(np.log(total[:, 0]) - target_logit)
-        ctx.save_for_backward(logits.shape, flat.shape[0], rows, picked_targets, e, total)
+        parallel_for(m, computed_rows, _min_rows(C))
+        losses = np.log(total[:, 0]) - target_logit  # (m,)
+        loss = np.mean(losses if m == n else losses[rows])  # the n counted rows, in order
+        ignored = None  # (N,) True at the rows computed but not counted
+        if m != n:
+            ignored = np.ones(N, bool)
+            ignored[rows] = False
+        ctx.save_for_backward(logits.shape, n, rows, picked_targets, e, total, ignored)
         return np.asarray(loss, dtype=logits.dtype)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        shape, num_rows, rows, picked_targets, e, total = ctx.saved
-        n = rows.size
+        shape, n, rows, picked_targets, e, total, ignored = ctx.saved
         g_n = g / n
-        dz = np.empty(e.shape, e.dtype)  # (n, C)
+        dz = np.empty(e.shape, e.dtype)  # (rows computed, C)
 
-        def counted_rows(r: slice) -> None:
+        def computed_rows(r: slice) -> None:
             d = dz[r]
             np.multiply(e[r], g_n / total[r], out=d)  # softmax * g/n
             d[np.arange(len(d)), picked_targets[r]] -= g_n
+            if ignored is not None:
+                d[ignored[r]] = 0  # a row that does not count has no gradient
 
-        parallel_for(n, counted_rows, _min_rows(e.shape[1]))
-        if n == num_rows:
+        parallel_for(len(dz), computed_rows, _min_rows(e.shape[1]))
+        num_rows = int(np.prod(shape[:-1]))
+        if len(dz) == num_rows:  # every row was computed
             return (dz.reshape(shape),)
         dflat = np.zeros((num_rows, shape[-1]), dtype=dz.dtype)  # (N, C)
         dflat[rows] = dz
@@ -433,6 +452,32 @@ def attention_forward(
     return out, p
 
 
+_last_mask: list = [None]  # (weak reference to a read-only mask, dtype, its score bias, fully masked rows?)
+
+
+def mask_bias(mask: np.ndarray | None, dtype: np.dtype) -> tuple[np.ndarray | None, bool]:
+    """What attention adds to the scores for a boolean ``mask`` (True: may attend): 0 where attending
+    is allowed and the dtype's minimum where it is not (None when nothing is masked), and whether
+    some query may attend to nothing.
+
+    A model passes the same mask to each of its layers. A read-only mask cannot change between
+    them (GPT makes its mask read-only), so the result for the last read-only mask is kept and
+    reused: the layers after the first skip the (B, 1, S, Tk) ``np.where`` and the row check.
+    """
+    if mask is None:
+        return None, False
+    last = _last_mask[0]
+    if last is not None and last[0]() is mask and last[1] == dtype:
+        return last[2], last[3]
+    bias, empty_rows = None, False
+    if not mask.all():  # an all-True mask (one prompt, decoding) changes nothing
+        bias = np.where(mask, 0, np.finfo(dtype).min)  # e.g. (Tq, Tk) or (B, 1, Tq, Tk)
+        empty_rows = not mask.any(axis=-1).all()  # some query may attend to nothing
+    if not mask.flags.writeable:
+        _last_mask[0] = (weakref.ref(mask), dtype, bias, empty_rows)
+    return bias, empty_rows
+
+
 class Attention(Function):
     """out = P V,  P = softmax(S),  S = Q K^T * s with masked scores set to the dtype's minimum.
 
@@ -452,11 +497,8 @@ class Attention(Function):
     def forward(
         ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None
     ) -> np.ndarray:
-        score_bias, empty_rows = None, False
-        if mask is not None and not mask.all():  # an all-True mask (one prompt, decoding) changes nothing
-            score_bias = np.where(mask, 0, np.finfo(q.dtype).min)  # e.g. (Tq, Tk) or (B, 1, Tq, Tk)
-            empty_rows = not mask.any(axis=-1).all()  # some query may attend to nothing
-        out, p = attention_forward(q, k, v, score_bias)  # (B, H, Tq, d), (B, H, Tq, Tk)
+        bias, empty_rows = mask_bias(mask, q.dtype)
+        out, p = attention_forward(q, k, v, bias)  # (B, H, Tq, d), (B, H, Tq, Tk)
         ctx.save_for_backward(q, k, v, p, out, mask if empty_rows else None, q.shape[-1] ** -0.5)
         return out
 

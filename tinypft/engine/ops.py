@@ -417,8 +417,10 @@ class Permute(Function):
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         (axes,) = ctx.saved
-        inverse = np.argsort([ax % g.ndim for ax in axes])  # out axis i came from input axis axes[i]
-        return (np.transpose(g, inverse),)
+        inverse = [0] * g.ndim  # out axis i came from input axis axes[i], so it goes back there
+        for i, ax in enumerate(axes):
+            inverse[ax % g.ndim] = i
+        return (g.transpose(inverse),)
 
 
 class BroadcastTo(Function):

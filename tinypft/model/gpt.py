@@ -363,7 +363,7 @@ class GPT(Module):
     def _attention_mask(
         seq_mask: np.ndarray, P_kv: int, kv_prefix_start: np.ndarray | None, cache: KVCache | None
     ) -> np.ndarray:
-        """Boolean (B, 1, S, Tk) mask, True where query s may attend to key t.
+        """Boolean (B, 1, S, Tk) mask, True where query s may attend to key t (read-only).
 
         keys = [prefix (P_kv) | cached (T_past) | current (S)]: the prefix is visible to tokens at
         index >= kv_prefix_start, cached keys wherever they were real, current keys causally
@@ -384,7 +384,9 @@ class GPT(Module):
         if T_past:
             parts.append(np.broadcast_to(cache.key_mask[:, None, :], (B, S, T_past)))
         parts.append(current)
-        return np.concatenate(parts, axis=2)[:, None]  # (B, 1, S, Tk)
+        mask = np.concatenate(parts, axis=2)[:, None]  # (B, 1, S, Tk)
+        mask.flags.writeable = False  # every layer reads it; attention reuses what it derives from it
+        return mask
 
     def _run_blocks(
         self, x: Tensor, mask: np.ndarray, kv_prefix: list[KVPair] | None, cache: KVCache | None
