@@ -226,6 +226,12 @@ def test_quick_budget_end_to_end_and_a_second_call_reuses_the_cache(checkpoint, 
     assert (tmp_path / "cache.json").stat().st_mtime_ns == mtime
     again = json.loads((tmp_path / "results" / "findings.json").read_text())
     assert again["experiments"] == data["experiments"]
+    length = [*args[:3], "prompt_length", *args[4:], "--report-only"]  # nothing of it is cached
+    assert main(length) == 0  # runs nothing: the report of what the cache holds
+    assert (tmp_path / "cache.json").stat().st_mtime_ns == mtime
+    partial = json.loads((tmp_path / "results" / "findings.json").read_text())
+    assert set(partial["experiments"]) == {"prompt_init"}
+    assert "## prompt_length" in (tmp_path / "results.md").read_text()
 
 
 def test_every_run_of_every_experiment_can_be_prepared(checkpoint, tmp_path: Path,

@@ -1,4 +1,5 @@
-"""``tinypft findings``: run the selected experiments' missing runs, then write the report."""
+"""``tinypft findings``: run the selected experiments' missing runs, then write the report
+(``--report-only``: the report of what the cache holds, while a run goes on elsewhere)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=positive_int, default=1, help="BLAS threads (see tinypft.threads)")
     parser.add_argument("--jobs", type=positive_int, default=2,
                         help="runs at once, each in its own process on one BLAS thread (default 2)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the runs in the cache and run nothing (an experiment "
+                        "with runs missing is listed as not run)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--checkpoint", type=path_arg,
                         help=argparse.SUPPRESS)  # tests: a checkpoint folder of their own
@@ -63,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     with num_threads(args.threads):
         ctx = Context(budget, seeds, args.size, cache, checkpoint=args.checkpoint,
                       progress=not args.no_progress)
-        skipped = run_experiments([EXPERIMENTS[n] for n in names], ctx, jobs=args.jobs)
+        skipped = ([] if args.report_only
+                   else run_experiments([EXPERIMENTS[n] for n in names], ctx, jobs=args.jobs))
         written = write_results(list(EXPERIMENTS.values()), ctx, out, shlex.join(command),
                                 skipped, time.perf_counter() - start)
     for message in skipped:
