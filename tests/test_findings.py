@@ -231,7 +231,8 @@ def test_quick_budget_end_to_end_and_a_second_call_reuses_the_cache(checkpoint, 
     assert (tmp_path / "cache.json").stat().st_mtime_ns == mtime
     partial = json.loads((tmp_path / "results" / "findings.json").read_text())
     assert set(partial["experiments"]) == {"prompt_init"}
-    assert "## prompt_length" in (tmp_path / "results.md").read_text()
+    report = (tmp_path / "results.md").read_text()
+    assert "## prompt_length" in report and "**Incomplete.**" in report
 
 
 def test_every_run_of_every_experiment_can_be_prepared(checkpoint, tmp_path: Path,

@@ -168,7 +168,14 @@ def write_results(experiments: Sequence[Experiment], ctx: Context, out: Path, co
     run_seconds = sum(used.values())
     md = out / "results.md"
     md.parent.mkdir(parents=True, exist_ok=True)
-    lines = introduction(ctx, command, run_seconds, len(used), seconds) + overview(experiments, sections)
+    lines = introduction(ctx, command, run_seconds, len(used), seconds)
+    missing = [exp.name for exp, section in zip(experiments, sections) if section.data is None]
+    if missing:
+        done = len(experiments) - len(missing)
+        lines += [f"**Incomplete.** {done} of {len(experiments)} experiments have all their runs in the "
+                  f"cache; {', '.join(missing)} are listed as not run until the command above completes "
+                  "them.", ""]
+    lines += overview(experiments, sections)
     atomic_write_bytes(md, "\n".join(lines + [s.markdown for s in sections]).encode("utf-8"))
     data = {exp.name: s.data for exp, s in zip(experiments, sections) if s.data is not None}
     payload = {"command": command, "budget": dataclasses.asdict(ctx.budget), "seeds": list(ctx.seeds),
