@@ -393,6 +393,22 @@ def test_lessons_exist_and_each_has_three_checked_exercises():
             assert all(hasattr(exercises, c) for c in checkers), checkers
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_graded_check_cell_has_hidden_tests(path):
+    """nbgrader's autograde runs hidden tests that the students' copy does not show: every check cell has
+    a block of them, after the visible checker call."""
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    graded = [cell for cell in cells if cell.get("metadata", {}).get("nbgrader", {}).get("grade")
+              and cell["cell_type"] == "code"]
+    assert len(graded) >= 3, path.name
+    for cell in graded:
+        source = "".join(cell["source"])
+        grade_id = cell["metadata"]["nbgrader"]["grade_id"]
+        assert source.index("exercises.check_") < source.index("### BEGIN HIDDEN TESTS\n"), grade_id
+        hidden = source.split("### BEGIN HIDDEN TESTS\n")[1].split("### END HIDDEN TESTS")[0]
+        assert "assert " in hidden, f"{path.name}: {grade_id} has no hidden assertion"
+
+
 def _cell_json(cell: dict) -> str:
     return json.dumps(cell, sort_keys=True)
 
