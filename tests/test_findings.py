@@ -15,7 +15,7 @@ from tinypft.data import load_tokenizer
 from tinypft.experiments.findings import experiments
 from tinypft.experiments.findings.experiments import EXPERIMENTS, plan
 from tinypft.experiments.findings.report import write_results
-from tinypft.experiments.findings.runs import BUDGETS, Context, RunSpec
+from tinypft.experiments.findings.runs import BUDGETS, Context, Row, RunSpec
 from tinypft.experiments.findings.verdicts import (
     INCONCLUSIVE,
     NO_EVIDENCE,
@@ -29,6 +29,7 @@ from tinypft.experiments.findings.verdicts import (
     metrics_of,
     stat,
 )
+from tinypft.experiments.finetune import FinetuneSettings
 from tinypft.model import GPTConfig
 from tinypft.train.pretrain import pretrain
 
@@ -278,3 +279,14 @@ def test_webnlg_is_skipped_with_a_reason_without_the_data(tmp_path: Path, monkey
     skipped: list[str] = []
     built, needed = plan([EXPERIMENTS["webnlg"]], ctx, skipped)
     assert built == {} and needed == [] and skipped[0].startswith("webnlg: ") and "TINYPFT_DATA" in skipped[0]
+
+
+def test_sweep_note_names_a_rate_at_the_edge_of_the_range_tried():
+    def note(lr: float, select: str = "dev") -> str:
+        spec = RunSpec(FinetuneSettings(method="prefix", lr=lr, seed=0, select=select))
+        return experiments.sweep_note(Row("prefix", [spec], sweep={3e-4: 1.31, 1e-3: 1.30, 3e-3: 1.32}))
+
+    assert "lr 3e-04, the lowest tried (dev loss" in note(3e-4)
+    assert "lr 3e-03, the highest tried" in note(3e-3)
+    assert "lr 1e-03 (dev loss" in note(1e-3)
+    assert "(held-out loss" in note(1e-3, select="heldout")

@@ -136,10 +136,16 @@ def tuned_methods(ctx: Context) -> dict[str, Row]:
 
 
 def sweep_note(row: Row) -> str:
+    """The learning rate chosen for ``row`` and the validation losses behind it; a rate at the edge of
+    the range tried is named so (a better one may lie beyond it)."""
     if not row.sweep:
         return ""
     tried = ", ".join(f"{lr:.0e}: {loss:.4f}" for lr, loss in sorted(row.sweep.items()))
-    return f"{row.label}: lr {lr_of(row):.0e} (dev loss, seed {row.specs[0].settings.seed}: {tried})"
+    settings = row.specs[0].settings
+    on = "held-out" if settings.select == "heldout" else "dev"
+    lrs, chosen = sorted(row.sweep), lr_of(row)
+    edge = ", the lowest tried" if chosen == lrs[0] else ", the highest tried" if chosen == lrs[-1] else ""
+    return f"{row.label}: lr {chosen:.0e}{edge} ({on} loss, seed {settings.seed}: {tried})"
 
 
 # ----------------------------------------------------------------------------- the methods on E2E
