@@ -91,8 +91,8 @@ class OutputSpread:
 
     def __str__(self) -> str:
         verdict = "CONSTANT output" if self.constant else "varied output"
-        return (f"{verdict}: {self.distinct} distinct of {self.n} ({self.distinct_share:.0%}); "
-                f"the most common is {self.most_common_share:.0%} of them: {_short(self.most_common)!r}")
+        return (f"{verdict}: {self.distinct} distinct of {self.n}; the most common, "
+                f"{_short(self.most_common)!r}, is {self.most_common_share:.0%} of them")
 
 
 def output_spread(outputs: Sequence[str], threshold: float = CONSTANT_SHARE) -> OutputSpread:
