@@ -193,8 +193,11 @@ def test_every_experiment_reports_from_fabricated_records(tmp_path: Path):
     assert stored > 100
     again = Context(BUDGETS["default"], (0, 1, 2), "tiny", tmp_path / "cache.json", tokenizer=ctx.tokenizer)
     assert fill(again, names) == 0  # everything is read back from the cache file
-    paths = write_results([EXPERIMENTS[n] for n in names], again, tmp_path, "tinypft findings", [], 1.0)
+    paths = write_results([EXPERIMENTS[n] for n in names], again, tmp_path, "tinypft findings", [], 1.0,
+                          jobs=2)
     results = paths[0].read_text()
+    assert json.loads(paths[1].read_text())["run_seconds"] == stored  # every run, the sweeps' too
+    assert f"The {stored} runs behind these tables" in results and "of wall time at 2 at a time" in results
     data = json.loads(paths[1].read_text())["experiments"]
     assert set(data) == set(names) and "## The paper against tinypft" in results
     assert data["real_e2e"]["learning_rates"]["prefix"]["chosen"] == pytest.approx(1e-3)

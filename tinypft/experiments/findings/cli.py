@@ -69,8 +69,9 @@ def run(args: argparse.Namespace) -> int:
                       progress=not args.no_progress)
         skipped = ([] if args.report_only
                    else run_experiments([EXPERIMENTS[n] for n in names], ctx, jobs=args.jobs))
-        written = write_results(list(EXPERIMENTS.values()), ctx, out, shlex.join(command),
-                                skipped, time.perf_counter() - start)
+        seconds = None if args.report_only else time.perf_counter() - start
+        written = write_results(list(EXPERIMENTS.values()), ctx, out, shlex.join(command), skipped,
+                                seconds, jobs=args.jobs)
     for message in skipped:
         print(f"skipped {message}")
     print(f"wrote {', '.join(str(p) for p in written)}")

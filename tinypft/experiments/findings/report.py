@@ -77,7 +77,8 @@ def experiment_section(exp: Experiment, ctx: Context, skipped: Sequence[str]) ->
         why = note or "not all of its runs are in the cache"
         return Section(f"{head}\nNot run ({why}): `tinypft findings --only {exp.name}`.\n")
     verdicts = exp.verdict(summary, ctx, rows)
-    run_seconds = {spec.digest: ctx.record(spec)["wall_seconds"] for row in rows for spec in row.specs}
+    digests = [d for row in rows for d in [*(spec.digest for spec in row.specs), *row.sweep_runs]]
+    run_seconds = {d: ctx.cache[d]["wall_seconds"] for d in digests}
     sweeps = [sweep_note(row) for row in rows if row.sweep]
     chosen = "\nLearning rates chosen on the validation loss: " + "; ".join(sweeps) + ".\n" if sweeps else ""
     bullets = "\n".join(f"* {v.text()}" for v in verdicts)
@@ -120,7 +121,8 @@ SCALE_NOTE = (
 )
 
 
-def introduction(ctx: Context, command: str, run_seconds: float, runs: int, seconds: float) -> list[str]:
+def introduction(ctx: Context, command: str, run_seconds: float, runs: int, seconds: float | None,
+                 jobs: int = 1) -> list[str]:
     """The lines above the sections: the command, the model, budget and seeds, and how to read a table."""
     return [
         "# Results: the papers' findings at mini scale",
@@ -134,9 +136,11 @@ def introduction(ctx: Context, command: str, run_seconds: float, runs: int, seco
         "",
         f"Model: the shipped `{ctx.size}` checkpoint (the `prompt_scale` rows: each size's). Budget per run: "
         f"{ctx.budget.describe()}. Seeds: {', '.join(map(str, ctx.seeds))} (the prompt ensemble: five; the "
-        f"frozen model trains nothing, so it runs once). The {runs} runs reported took "
-        f"{run_seconds / 3600:.1f} hours of training and scoring, one BLAS thread each (this call: "
-        f"{seconds / 3600:.1f} hours; cached runs are not repeated).",
+        f"frozen model trains nothing, so it runs once). The {runs} runs behind these tables, the "
+        f"learning-rate sweeps included, took {run_seconds / 3600:.1f} hours of training and scoring on one "
+        f"BLAS thread each: {run_seconds / 3600 / jobs:.1f} hours of wall time at {jobs} at a time"
+        + (f" (this call: {seconds / 3600:.1f} hours; cached runs are not repeated)." if seconds is not None
+           else "."),
         "",
         "Each cell is the mean ± the sample standard deviation over seeds; the per-seed values of the main "
         "test metric follow. Dev and test are fixed, evenly spaced subsets of the splits. BLEU is corpus "
@@ -161,14 +165,15 @@ def introduction(ctx: Context, command: str, run_seconds: float, runs: int, seco
 
 
 def write_results(experiments: Sequence[Experiment], ctx: Context, out: Path, command: str,
-                  skipped: Sequence[str], seconds: float) -> list[Path]:
-    """``out/results.md`` and ``out/results/findings.json`` from every experiment the cache completes."""
+                  skipped: Sequence[str], seconds: float | None, jobs: int = 1) -> list[Path]:
+    """``out/results.md`` and ``out/results/findings.json`` from every experiment the cache completes;
+    ``seconds`` is this call's time (None: it ran nothing), ``jobs`` the runs it made at a time."""
     sections = [experiment_section(exp, ctx, skipped) for exp in experiments]
     used = {digest: s for section in sections for digest, s in section.run_seconds.items()}
     run_seconds = sum(used.values())
     md = out / "results.md"
     md.parent.mkdir(parents=True, exist_ok=True)
-    lines = introduction(ctx, command, run_seconds, len(used), seconds)
+    lines = introduction(ctx, command, run_seconds, len(used), seconds, jobs)
     missing = [exp.name for exp, section in zip(experiments, sections) if section.data is None]
     if missing:
         done = len(experiments) - len(missing)

@@ -104,6 +104,7 @@ class Row:
     specs: list[RunSpec]
     note: str = ""
     sweep: dict[float, float] = field(default_factory=dict)  # lr -> validation loss (first seed)
+    sweep_runs: list[str] = field(default_factory=list)  # the sweep's runs (digests), for the time spent
 
 
 class NeedsRuns(Exception):
@@ -183,7 +184,7 @@ class Context:
         losses = {lr: self.record(s)["valid_loss"] for lr, s in sweep.items()}
         best = min(losses, key=lambda lr: (losses[lr] is None, losses[lr] or 0.0))
         row = self.row(label, method, seeds=seeds, components=components, lr=best, **overrides)
-        row.sweep = losses
+        row.sweep, row.sweep_runs = losses, [s.digest for s in sweep.values()]
         return row
 
     def record(self, spec: RunSpec) -> dict[str, Any] | None:
