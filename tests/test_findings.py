@@ -293,3 +293,14 @@ def test_sweep_note_names_a_rate_at_the_edge_of_the_range_tried():
     assert "lr 3e-03, the highest tried" in note(3e-3)
     assert "lr 1e-03 (dev loss" in note(1e-3)
     assert "(held-out loss" in note(1e-3, select="heldout")
+
+
+def test_loss_note_reads_a_gap_in_final_training_loss_as_text_the_frozen_model_does_not_know():
+    def row(first: float, last: float) -> dict[str, Stat]:
+        return {"first_train_loss": stat([first] * 3), "final_train_loss": stat([last] * 3)}
+
+    far = experiments.loss_note({"prefix": row(6.8, 4.8), "full": row(6.6, 0.9)}, "prefix", "full")
+    assert "prefix's training loss goes from 6.80 to 4.80" in far and "3.9 nats above full" in far
+    near = experiments.loss_note({"prefix": row(2.0, 1.3), "full": row(2.0, 1.0)}, "prefix", "full")
+    assert "goes from 2.00 to 1.30" in near and "does not model" not in near
+    assert experiments.loss_note({"prefix": {}, "full": row(2.0, 1.0)}, "prefix", "full") == ""

@@ -80,6 +80,9 @@ def metrics_of(record: dict[str, Any]) -> dict[str, float]:
         if counts is not None:
             flat[f"{split}_one_class"] = float(sum(c > 0 for c in counts) <= 1)
     flat["diverged"] = float(diverged(record))
+    for key in ("first_train_loss", "final_train_loss"):
+        if record.get(key) is not None:
+            flat[key] = float(record[key])
     return flat | {"trainable_params": record["trainable_params"], "train_seconds": record["train_seconds"]}
 
 
