@@ -75,15 +75,20 @@ SPARE = [
 ]
 
 
-def sgd_step(model, ids, labels, lr):
+def _bias_step(model, ids, labels, update):
+    """A BitFit step that moves each bias by ``update(grad)``: the shape the wrong answers share."""
     for name, p in model.named_parameters():
         p.requires_grad = name.endswith(".bias")
     loss = model.lm_loss(model(ids).logits, labels)
     loss.backward()
     for p in model.parameters():
         if p.requires_grad:
-            p.data -= lr * p.grad
+            p.data -= update(p.grad)
     return float(loss.item())
+
+
+def sgd_step(model, ids, labels, lr):
+    return _bias_step(model, ids, labels, lambda g: lr * g)
 
 
 def every_parameter_step(model, ids, labels, lr):
@@ -94,15 +99,8 @@ def every_parameter_step(model, ids, labels, lr):
     return float(loss.item())
 
 
-def uncorrected_step(model, ids, labels, lr):
-    for name, p in model.named_parameters():
-        p.requires_grad = name.endswith(".bias")
-    loss = model.lm_loss(model(ids).logits, labels)
-    loss.backward()
-    for p in model.parameters():
-        if p.requires_grad:
-            p.data -= lr * (0.1 * p.grad) / (np.sqrt(0.001 * p.grad**2) + 1e-8)
-    return float(loss.item())
+def uncorrected_step(model, ids, labels, lr):  # Adam's first moments without the bias correction
+    return _bias_step(model, ids, labels, lambda g: lr * (0.1 * g) / (np.sqrt(0.001 * g**2) + 1e-8))
 
 # The right answers above also run through the generic checks in test_exercises.py.
 
