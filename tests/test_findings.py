@@ -14,7 +14,7 @@ from tinypft.cli import main
 from tinypft.data import load_tokenizer
 from tinypft.experiments.findings import experiments
 from tinypft.experiments.findings.experiments import EXPERIMENTS, plan
-from tinypft.experiments.findings.report import write_results
+from tinypft.experiments.findings.report import seconds_at_median_speed, write_results
 from tinypft.experiments.findings.runs import BUDGETS, Context, Row, RunSpec
 from tinypft.experiments.findings.verdicts import (
     INCONCLUSIVE,
@@ -182,6 +182,21 @@ def test_a_tuned_row_waits_for_its_sweep_then_takes_the_lowest_validation_loss(t
     low = ctx.row("x", "prefix", train_size=50)  # little data: pairs, a held-out slice, its own steps
     assert low.specs[0].settings.select == "heldout" and low.specs[0].settings.train_unit == "pair"
     assert low.specs[0].settings.steps == BUDGETS["default"].lowdata_steps(50) == 30 * 7
+
+
+def test_seconds_at_median_speed_counts_a_slowed_run_at_its_kinds_usual_speed():
+    def record(method: str, seconds: float, speed: float | None, length: int | None = None) -> dict:
+        peft = {"num_virtual_tokens": length, "mode": "prefix", "prefix_projection": True} if length else {}
+        return {"method": method, "task": "e2e", "size": "small", "wall_seconds": seconds,
+                "tokens_per_sec": speed, "hyperparameters": {"peft_config": peft}}
+
+    runs = [record("full", 100.0, 1000.0), record("full", 100.0, 1000.0),
+            record("full", 400.0, 250.0),  # slowed 4x by other work: counts as 100 s
+            record("prefix", 300.0, 500.0, length=40), record("prefix", 60.0, 2000.0, length=10),
+            record("frozen", 7.0, None)]  # trains nothing: counts as it took
+    # each prefix length is its own kind, so the slower P = 40 run is not scaled to P = 10's speed
+    assert seconds_at_median_speed(runs) == pytest.approx(100 + 100 + 100 + 300 + 60 + 7)
+    assert seconds_at_median_speed(runs[:2]) == pytest.approx(200.0)
 
 
 def test_every_experiment_reports_from_fabricated_records(tmp_path: Path):

@@ -5,7 +5,9 @@ in ``results/findings.json``."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,8 +123,29 @@ SCALE_NOTE = (
 )
 
 
+def run_kind(record: Mapping[str, Any]) -> tuple:
+    """What sets a run's speed in tokens per second: the method, task and model size, and for a
+    prefix its length, mode and MLP (the learning rate, seed and data size do not)."""
+    peft = record.get("hyperparameters", {}).get("peft_config") or {}
+    return (record.get("method"), record.get("task"), record.get("size"), peft.get("num_virtual_tokens"),
+            peft.get("mode"), peft.get("prefix_projection"))
+
+
+def seconds_at_median_speed(records: Sequence[Mapping[str, Any]]) -> float:
+    """The runs' total wall seconds had each run gone at the median speed (tokens per second) of the
+    runs of its kind: a run slowed by other work on the machine counts at its kind's usual speed.
+    Runs that train nothing (no speed recorded) count as they took."""
+    speeds = defaultdict(list)
+    for r in records:
+        if r.get("tokens_per_sec"):
+            speeds[run_kind(r)].append(r["tokens_per_sec"])
+    median = {kind: statistics.median(s) for kind, s in speeds.items()}
+    return sum(r["wall_seconds"] * (r["tokens_per_sec"] / median[run_kind(r)] if r.get("tokens_per_sec")
+                                    else 1.0) for r in records)
+
+
 def introduction(ctx: Context, command: str, run_seconds: float, runs: int, seconds: float | None,
-                 jobs: int = 1) -> list[str]:
+                 jobs: int = 1, median_seconds: float | None = None) -> list[str]:
     """The lines above the sections: the command, the model, budget and seeds, and how to read a table."""
     return [
         "# Results: the papers' findings at mini scale",
@@ -140,7 +163,11 @@ def introduction(ctx: Context, command: str, run_seconds: float, runs: int, seco
         f"learning-rate sweeps included, took {run_seconds / 3600:.1f} hours of training and scoring on one "
         f"BLAS thread each: {run_seconds / 3600 / jobs:.1f} hours of wall time at {jobs} at a time"
         + (f" (this call: {seconds / 3600:.1f} hours; cached runs are not repeated)." if seconds is not None
-           else "."),
+           else ".")
+        + (f" Some runs shared the cores with other work; had each gone at the median speed (tokens per "
+           f"second) of the runs of its kind, they would have taken {median_seconds / 3600:.1f} hours: "
+           f"{median_seconds / 3600 / jobs:.1f} hours of wall time at {jobs} at a time."
+           if median_seconds is not None and median_seconds < 0.95 * run_seconds else ""),
         "",
         "Each cell is the mean ± the sample standard deviation over seeds; the per-seed values of the main "
         "test metric follow. Dev and test are fixed, evenly spaced subsets of the splits. BLEU is corpus "
@@ -171,9 +198,10 @@ def write_results(experiments: Sequence[Experiment], ctx: Context, out: Path, co
     sections = [experiment_section(exp, ctx, skipped) for exp in experiments]
     used = {digest: s for section in sections for digest, s in section.run_seconds.items()}
     run_seconds = sum(used.values())
+    median_seconds = seconds_at_median_speed([ctx.cache[d] for d in used])
     md = out / "results.md"
     md.parent.mkdir(parents=True, exist_ok=True)
-    lines = introduction(ctx, command, run_seconds, len(used), seconds, jobs)
+    lines = introduction(ctx, command, run_seconds, len(used), seconds, jobs, median_seconds)
     missing = [exp.name for exp, section in zip(experiments, sections) if section.data is None]
     if missing:
         done = len(experiments) - len(missing)
@@ -184,6 +212,7 @@ def write_results(experiments: Sequence[Experiment], ctx: Context, out: Path, co
     atomic_write_bytes(md, "\n".join(lines + [s.markdown for s in sections]).encode("utf-8"))
     data = {exp.name: s.data for exp, s in zip(experiments, sections) if s.data is not None}
     payload = {"command": command, "budget": dataclasses.asdict(ctx.budget), "seeds": list(ctx.seeds),
-               "size": ctx.size, "run_seconds": run_seconds, "experiments": data}
+               "size": ctx.size, "run_seconds": run_seconds, "run_seconds_at_median_speed": median_seconds,
+               "experiments": data}
     js = write_json(out / "results" / "findings.json", payload)
     return [md, js]
