@@ -115,7 +115,7 @@ CITE = {
 LOW_DATA_SIZES = (50, 100, 200, 500)  # training pairs, the paper's unit
 PREFIX_LENGTHS = (1, 5, 10, 20, 40)
 PROMPT_INITS = ("uniform", "sampled_vocab", "class_labels", "text")
-PROMPT_LENGTHS = (1, 5, 10, 20, 50)
+PROMPT_LENGTHS = (1, 5, 10, 20, 30, 50)  # the paper's figure 3b: 1, 5, 20, 100, 150
 SIZES = ("tiny", "small", "medium")
 ENSEMBLE_SEEDS = (0, 1, 2, 3, 4)
 PROMPT_INIT_TEXT = "how is the customer rating of this place: low, average or high"
@@ -377,13 +377,19 @@ def prompt_init_verdict(s: Summary, ctx: Context, rows: Sequence[Row] = ()) -> l
                     f"{', '.join(constant) or 'none'}")]
 
 
+def prompt_room(ctx: Context) -> tuple[int, int]:
+    """The model's context length and the tokens of the longest rating input: a prompt of P fits
+    beside every input when P is at most their difference."""
+    model, _ = load_pretrained(ctx.size, directory=ctx.checkpoint, tokenizer=ctx.tokenizer)
+    return model.config.context_length, longest_rating_source(ctx.tokenizer)
+
+
 def prompt_length_rows(ctx: Context) -> list[Row]:
     base = ctx.tuned("sampled_vocab", "prompt", task="rating", init="sampled_vocab")
     lr = lr_of(base)
-    model, _ = load_pretrained(ctx.size, directory=ctx.checkpoint, tokenizer=ctx.tokenizer)
-    room = model.config.context_length - longest_rating_source(ctx.tokenizer)
+    context, longest = prompt_room(ctx)
     return [ctx.row(f"P = {p}", "prompt", task="rating", prefix_length=p, init="sampled_vocab", lr=lr)
-            for p in PROMPT_LENGTHS if p <= room]
+            for p in PROMPT_LENGTHS if p <= context - longest]
 
 
 def longest_rating_source(tokenizer: Any) -> int:
@@ -399,9 +405,17 @@ def prompt_length_verdict(s: Summary, ctx: Context, rows: Sequence[Row] = ()) ->
     best = best_on_dev(s, labels[1:], "dev_accuracy")
     out = [judge(f"a prompt longer than 1 token is much better ({best} best on dev)", s, best, "P = 1", m)]
     longer = [label for label in labels if int(label.split("= ")[1]) > 20]
+    context, longest = prompt_room(ctx)
+    left_out = [p for p in PROMPT_LENGTHS if p > context - longest]
+    why = (f"P = {', '.join(map(str, left_out))} does not fit, the longest rating input taking {longest} of "
+           f"the model's {context} positions (room for {context - longest})") if left_out else ""
     if "P = 20" in s and longer:
         top = best_on_dev(s, longer, "dev_accuracy")
-        out.append(judge("beyond 20 tokens the gains are marginal", s, top, "P = 20", m, "comparable"))
+        verdict = judge("beyond 20 tokens the gains are marginal", s, top, "P = 20", m, "comparable")
+        out.append(dataclasses.replace(verdict, numbers=verdict.numbers + (f" ({why})" if why else "")))
+    else:
+        out.append(Verdict(NO_EVIDENCE, "beyond 20 tokens the gains are marginal",
+                           f"no length above 20 was trained{': ' + why if why else ''}"))
     return out
 
 
