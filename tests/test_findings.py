@@ -218,7 +218,7 @@ def test_every_experiment_reports_from_fabricated_records(tmp_path: Path):
     assert data["real_e2e"]["learning_rates"]["prefix"]["chosen"] == pytest.approx(1e-3)
     length_verdicts = {v["claim"]: v for v in data["prompt_length"]["verdicts"]}
     beyond_20 = length_verdicts["beyond 20 tokens the gains are marginal"]
-    assert beyond_20["numbers"].startswith("P = 30") and "(P = 50 does not fit" in beyond_20["numbers"]
+    assert beyond_20["numbers"].startswith("P = 30") and "; P = 50 does not fit" in beyond_20["numbers"]
     statuses = {v["claim"]: v["status"] for v in data["prefix_modes"]["verdicts"]}
     assert set(statuses.values()) == {REPRODUCED}  # prefix 60 > infix 58 > embedding-only 55, sd 0.3
     bitfit = {v["claim"]: v["status"] for v in data["bitfit"]["verdicts"]}

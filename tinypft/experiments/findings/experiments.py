@@ -407,12 +407,12 @@ def prompt_length_verdict(s: Summary, ctx: Context, rows: Sequence[Row] = ()) ->
     longer = [label for label in labels if int(label.split("= ")[1]) > 20]
     context, longest = prompt_room(ctx)
     left_out = [p for p in PROMPT_LENGTHS if p > context - longest]
-    why = (f"P = {', '.join(map(str, left_out))} does not fit, the longest rating input taking {longest} of "
-           f"the model's {context} positions (room for {context - longest})") if left_out else ""
+    why = (f"P = {', '.join(map(str, left_out))} does not fit: the longest rating input takes {longest} of "
+           f"the model's {context} positions, leaving room for {context - longest}") if left_out else ""
     if "P = 20" in s and longer:
         top = best_on_dev(s, longer, "dev_accuracy")
         verdict = judge("beyond 20 tokens the gains are marginal", s, top, "P = 20", m, "comparable")
-        out.append(dataclasses.replace(verdict, numbers=verdict.numbers + (f" ({why})" if why else "")))
+        out.append(dataclasses.replace(verdict, numbers=verdict.numbers + (f"; {why}" if why else "")))
     else:
         out.append(Verdict(NO_EVIDENCE, "beyond 20 tokens the gains are marginal",
                            f"no length above 20 was trained{': ' + why if why else ''}"))
