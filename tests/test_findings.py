@@ -99,6 +99,26 @@ def test_metrics_flag_one_class_answers_and_divergence():
     assert metrics_of(record | {"final_train_loss": float("nan")})["diverged"] == 1.0
 
 
+def test_little_data_needs_three_sizes_beyond_the_spread_and_calls_the_rest_by_the_rule():
+    def summary(gaps: list[float]) -> dict:
+        out = {"frozen": row(10, 0, test_ser=Stat(0.9, 0, [0.9]))}
+        for n, gap in zip(experiments.LOW_DATA_SIZES, gaps):
+            for label, mean in (("full", 50.0), ("prefix (real words)", 50 + gap), ("prefix (random)", 50.0),
+                                ("bitfit", 50 - gap)):
+                out[experiments.lowdata_label(label, n)] = row(mean, 1.0, test_ser=Stat(0.3, 0.01, []))
+        return out
+
+    def statuses(gaps: list[float]) -> tuple[str, str]:
+        verdicts = experiments.lowdata_verdict(summary(gaps), None)
+        return verdicts[0].status, verdicts[1].status  # prefix (real words), then bitfit (its mirror)
+
+    assert statuses([3, 3, 3, 0]) == (REPRODUCED, NOT_REPRODUCED)  # spread sqrt(2): 3 is beyond it
+    assert statuses([3, 1, 1, 1]) == (INCONCLUSIVE, NOT_REPRODUCED)  # beyond the spread at one size only
+    assert statuses([3, 3, -3, -3]) == (INCONCLUSIVE, INCONCLUSIVE)
+    verdict = experiments.lowdata_verdict(summary([3, 1, -3, -3]), None)[0]
+    assert verdict.status == NOT_REPRODUCED and "ahead at 1 and behind at 2 of 4" in verdict.numbers
+
+
 def test_extrapolation_needs_comparable_quality_on_seen_data():
     def summary(seen_a: float, seen_b: float) -> dict:
         return {"a": {"seen_bleu": Stat(seen_a, 0.5, []), "unseen_bleu": Stat(40, 0.5, [])},
