@@ -119,6 +119,14 @@ def test_little_data_needs_three_sizes_beyond_the_spread_and_calls_the_rest_by_t
     assert verdict.status == NOT_REPRODUCED and "ahead at 1 and behind at 2 of 4" in verdict.numbers
 
 
+def test_one_ensemble_against_the_single_prompts_counts_its_own_seed_noise():
+    # one ensemble is one run: the spread of its difference is sqrt(2) sd, not sd
+    assert experiments.one_run_against(0.904, 0.900, 0.003) == INCONCLUSIVE  # 0.004 < 0.0042
+    assert experiments.one_run_against(0.905, 0.900, 0.003) == REPRODUCED
+    assert experiments.one_run_against(0.895, 0.900, 0.003) == NOT_REPRODUCED
+    assert experiments.one_run_against(0.99, 0.5, 0.003, "it answers one class") == NO_EVIDENCE
+
+
 def test_extrapolation_needs_comparable_quality_on_seen_data():
     def summary(seen_a: float, seen_b: float) -> dict:
         return {"a": {"seen_bleu": Stat(seen_a, 0.5, []), "unseen_bleu": Stat(40, 0.5, [])},

@@ -481,6 +481,17 @@ def ensemble_rows(ctx: Context) -> list[Row]:
     return [ctx.tuned("single prompt", "prompt", seeds=ENSEMBLE_SEEDS, task="rating", init="class_labels")]
 
 
+def one_run_against(acc: float, other: float, sd: float, reason: str | None = None) -> str:
+    """The seed-spread rule for one run (the ensemble) against another number of the single runs:
+    the ensemble's own seed sd is taken to be the single runs' ``sd``, so the spread of the
+    difference is sqrt(sd² + sd²)."""
+    if reason:
+        return NO_EVIDENCE
+    if abs(acc - other) <= float(np.hypot(sd, sd)) + 1e-9:
+        return INCONCLUSIVE
+    return REPRODUCED if acc > other else NOT_REPRODUCED
+
+
 def ensemble_verdict(s: Summary, ctx: Context, rows: Sequence[Row] = ()) -> list[Verdict]:
     result = prompt_ensemble(ctx, list(rows))
     single = s["single prompt"]
@@ -490,19 +501,12 @@ def ensemble_verdict(s: Summary, ctx: Context, rows: Sequence[Row] = ()) -> list
     reason = no_evidence_reason(s, "single prompt")
     numbers = (f"the majority vote of {len(test.values)} prompts: test accuracy {acc:.3f} (dev "
                f"{result['dev']['accuracy']:.3f}); single prompts {test.show()}; the best on dev "
-               f"(seed {ENSEMBLE_SEEDS[best_i]}) {test.values[best_i]:.3f} on test")
-
-    def status(other: float, spread: float) -> str:
-        if reason:
-            return NO_EVIDENCE
-        if abs(acc - other) <= spread + 1e-9:
-            return INCONCLUSIVE
-        return REPRODUCED if acc > other else NOT_REPRODUCED
-
-    return [Verdict(status(test.mean, test.sd), "an ensemble beats the mean single prompt",
-                    numbers + (f"; but {reason}" if reason else "")),
-            Verdict(status(test.values[best_i], test.sd), "an ensemble beats the best single prompt",
-                    numbers)]
+               f"(seed {ENSEMBLE_SEEDS[best_i]}) {test.values[best_i]:.3f} on test; seed spread "
+               f"{float(np.hypot(test.sd, test.sd)):.3f}")
+    return [Verdict(one_run_against(acc, test.mean, test.sd, reason),
+                    "an ensemble beats the mean single prompt", numbers + (f"; but {reason}" if reason else "")),
+            Verdict(one_run_against(acc, test.values[best_i], test.sd, reason),
+                    "an ensemble beats the best single prompt", numbers)]
 
 
 def prompt_e2e_rows(ctx: Context) -> list[Row]:
