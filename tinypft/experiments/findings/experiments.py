@@ -503,8 +503,9 @@ def ensemble_verdict(s: Summary, ctx: Context, rows: Sequence[Row] = ()) -> list
                f"{result['dev']['accuracy']:.3f}); single prompts {test.show()}; the best on dev "
                f"(seed {ENSEMBLE_SEEDS[best_i]}) {test.values[best_i]:.3f} on test; seed spread "
                f"{float(np.hypot(test.sd, test.sd)):.3f}")
+    but = f"; but {reason}" if reason else ""
     return [Verdict(one_run_against(acc, test.mean, test.sd, reason),
-                    "an ensemble beats the mean single prompt", numbers + (f"; but {reason}" if reason else "")),
+                    "an ensemble beats the mean single prompt", numbers + but),
             Verdict(one_run_against(acc, test.values[best_i], test.sd, reason),
                     "an ensemble beats the best single prompt", numbers)]
 
