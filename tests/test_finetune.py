@@ -4,8 +4,10 @@ before it has chosen."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,15 @@ import pytest
 from tinypft.cli import main
 from tinypft.data import IGNORE_INDEX, PAIR_SEPARATOR, load_tokenizer
 from tinypft.experiments import FinetuneSettings, run_finetune, sweep_lr
-from tinypft.experiments.finetune import classify, finetune_command, fit, label_token_ids, prepare
+from tinypft.experiments.finetune import (
+    add_arguments,
+    classify,
+    finetune_command,
+    fit,
+    label_token_ids,
+    prepare,
+    settings_from_args,
+)
 from tinypft.experiments.methods import DEFAULTS, method_defaults
 from tinypft.model import GPTConfig, load_pretrained
 from tinypft.peft import PeftModel
@@ -101,6 +111,32 @@ def test_peft_methods_leave_the_frozen_weights_bit_identical(checkpoint, method,
         assert changed and all(name.endswith(".bias") for name in changed)
     else:
         assert changed == []
+
+
+@pytest.mark.parametrize("settings", [
+    FinetuneSettings(method="prefix", train_size=50, train_unit="pair", seed=1, steps=210, lr=1e-3,
+                     eval_size=200, select="heldout", init="real_words"),
+    FinetuneSettings(method="prefix", seed=2, steps=1500, lr=1e-2, mlp=False, mode="infix", prefix_length=40,
+                     eval_size=200, select="dev", eval_every=50, unseen="food=Chinese,English"),
+    FinetuneSettings(method="prompt", task="rating", size="tiny", seed=4, steps=400, lr=0.1, eval_size=300,
+                     select="dev", init="text", init_text="how is the customer rating: low, average or high"),
+    FinetuneSettings(method="full", source="mr", epochs=2),
+])
+def test_the_recorded_command_repeats_the_run(settings: FinetuneSettings, monkeypatch: pytest.MonkeyPatch):
+    """A record's ``command`` parses back to the settings it ran with, every field of them (the
+    findings' best-step selection and held-out values included)."""
+    monkeypatch.delenv("TINYPFT_QUICK", raising=False)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    words = shlex.split(finetune_command(settings))
+    assert words[:2] == ["tinypft", "finetune"]
+    again = settings_from_args(parser.parse_args(words[2:]))
+    assert dataclasses.asdict(again) == dataclasses.asdict(settings)
+
+
+def test_eval_every_needs_select():
+    with pytest.raises(ValueError, match="eval_every .* needs select"):
+        FinetuneSettings(method="bitfit", eval_every=10)
 
 
 def test_the_mr_is_a_table_unless_source_mr_says_otherwise(checkpoint):

@@ -178,6 +178,8 @@ class FinetuneSettings:
             raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if self.select not in (None, *SELECT):
             raise ValueError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
+        if self.eval_every is not None and self.select is None:
+            raise ValueError("eval_every (steps between validations) needs select ('dev' or 'heldout')")
         if self.select == "heldout" and self.task != "e2e":
             raise ValueError("select='heldout' (a held-out slice of the training MRs) is an option of e2e")
         if self.unseen is not None:
@@ -733,7 +735,7 @@ def finetune_command(s: FinetuneSettings) -> str:
     optional = {
         "--lr": s.lr, "--train-size": s.train_size, "--eval-size": s.eval_size, "--checkpoint": s.checkpoint,
         "--prefix-length": s.prefix_length, "--prefix-hidden": s.prefix_hidden, "--init": s.init,
-        "--init-text": s.init_text,
+        "--init-text": s.init_text, "--select": s.select, "--eval-every": s.eval_every, "--unseen": s.unseen,
     }
     args += [item for flag, value in optional.items() if value is not None for item in (flag, str(value))]
     if s.method == "prefix":
@@ -771,6 +773,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-text", help="text for the real_words / text inits")
     parser.add_argument("--eval-size", type=positive_int,
                         help="evaluate a fixed subset of dev/test (default all)")
+    parser.add_argument("--select", choices=SELECT,
+                        help="keep the step with the lowest validation loss on dev, or (e2e) on training "
+                             "MRs held out of training")
+    parser.add_argument("--eval-every", type=positive_int,
+                        help="with --select: steps between validations (default a tenth of the run)")
+    parser.add_argument("--unseen", help="e2e: 'slot=value,value': MRs with these values never train; "
+                                         "test is scored on the MRs without and with them")
     parser.add_argument("--max-new-tokens", type=positive_int, default=64)
     parser.add_argument("--out", type=path_arg, help="folder for result.json, timing.json and the adapter")
     parser.add_argument("--state-dir", type=path_arg, help="folder for resumable training checkpoints")
@@ -790,7 +799,8 @@ def settings_from_args(args: argparse.Namespace) -> FinetuneSettings:
         epochs=args.epochs, lr=args.lr,
         batch_size=args.batch_size, prefix_length=args.prefix_length, prefix_hidden=args.prefix_hidden,
         mlp=not args.no_mlp, mode=args.mode, init=args.init, init_text=args.init_text,
-        eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+        eval_size=args.eval_size, max_new_tokens=args.max_new_tokens, select=args.select,
+        eval_every=args.eval_every, unseen=args.unseen, progress=not args.no_progress,
     )
     if quick_mode():
         settings.steps = QUICK_STEPS if settings.steps is None else min(settings.steps, QUICK_STEPS)
