@@ -392,6 +392,108 @@ def test_threads_split_a_real_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     np.testing.assert_allclose(y.data, x.data @ w.data.T, rtol=1e-5, atol=1e-5)
 
 
+# ----------------------------------------------------------------------------- weight gradients read later
+
+
+def _linear_then_mul(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """(x * 2) W^T + b: backward runs Linear's, then Mul's (which the weight gradient need not wait for)."""
+    return F.linear(x * 2.0, w, b)
+
+
+def test_weight_gradients_of_leaves_finish_while_backward_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At two threads a leaf weight's dW is started with ``threads.later``: the next op's backward
+    runs before it is done, and ``Tensor.backward`` returns only once it is (same numbers as one thread)."""
+    x, w, b = tensors([(64, 16), (8, 16), (8,)], np.float32)
+    with num_threads(1):
+        _, expected = run(_linear_then_mul, [x, w, b], fused_kernels=True)
+    events: list[str] = []
+    matmul, mul_backward = np.matmul, ops.Mul.backward
+
+    def slow_dw(a: Any, c: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        if a.shape == (8, 64):  # g^T x: the weight gradient
+            time.sleep(0.2)
+            result = matmul(a, c, *args, **kwargs)
+            events.append("dW done")
+            return result
+        return matmul(a, c, *args, **kwargs)
+
+    def recorded_mul_backward(ctx: Any, g: np.ndarray) -> tuple:
+        events.append("Mul.backward")
+        return mul_backward(ctx, g)
+
+    monkeypatch.setattr(fused.np, "matmul", slow_dw)
+    monkeypatch.setattr(ops.Mul, "backward", staticmethod(recorded_mul_backward))
+    with num_threads(2):
+        _, got = run(_linear_then_mul, [x, w, b], fused_kernels=True)
+    assert events == ["Mul.backward", "dW done"]  # the earlier op did not wait for dW
+    for g1, g2 in zip(expected, got):
+        np.testing.assert_array_equal(g2, g1)
+
+
+def test_weight_that_is_computed_gets_its_gradient_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weight that is not a leaf (here W * 1) passes its gradient to another op's backward, which
+    reads it at once: nothing is started with ``later`` then, and the gradients are right."""
+    x, w, b, scale = tensors([(64, 16), (16, 16), (16,), (16,)], np.float64)
+    started: list[int] = []
+    later = fused.later
+    monkeypatch.setattr(fused, "later", lambda tasks: (started.append(len(tasks)), later(tasks)))
+
+    def computed_weight(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        return F.linear(x, w * 1.0, b)
+
+    def computed_scale(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        return F.layer_norm(x, w * 1.0, b)
+
+    with num_threads(2):
+        assert_paths_agree(computed_weight, [x, w, b], TIGHT, TIGHT_GRAD)
+        assert_paths_agree(computed_scale, [x, scale, b], TIGHT, TIGHT_GRAD)
+        assert started == []
+        assert_paths_agree(F.linear, [x, w, b], TIGHT, TIGHT_GRAD)
+        assert started == [2]  # dW and db of the leaf weights
+        assert_paths_agree(F.layer_norm, [x, scale, b], TIGHT, TIGHT_GRAD)
+        assert started == [2, 2]  # dw and db of the leaf scale and shift
+
+
+def test_a_leaf_used_twice_sums_its_gradients_in_order() -> None:
+    """A weight used by two layers (tied) gets both contributions, summed as one thread sums them."""
+    x, w = tensors([(32, 12), (12, 12)], np.float32)
+
+    def twice(x: Tensor, w: Tensor) -> Tensor:
+        return F.linear(F.linear(x, w, None).tanh(), w, None)
+
+    with num_threads(1):
+        _, expected = run(twice, [x, w], fused_kernels=True)
+    with num_threads(2):
+        _, got = run(twice, [x, w], fused_kernels=True)
+    for g1, g2 in zip(expected, got):
+        np.testing.assert_array_equal(g2, g1)
+    x64, w64 = tensors([(32, 12), (12, 12)], np.float64)
+    with num_threads(2), use_fused_kernels(True):
+        gradcheck(twice, [x64, w64])
+
+
+def test_later_runs_its_tasks_and_passes_on_their_errors() -> None:
+    """``later`` runs its tasks at once on one thread, on the pool otherwise; ``wait_later`` waits for
+    them all and raises a task's exception; the pool still works afterwards."""
+    from tinypft import threads
+
+    done: list[int] = []
+    with num_threads(1):
+        threads.later([lambda: done.append(1)])
+        assert done == [1]
+        threads.wait_later()
+    with num_threads(2):
+        threads.later([lambda: (time.sleep(0.05), done.append(2))])
+        threads.later([lambda: done.append(3), lambda: 1 / 0])
+        with pytest.raises(ZeroDivisionError):
+            threads.wait_later()
+        assert sorted(done) == [1, 2, 3]
+        threads.wait_later()  # nothing left to wait for
+        threads.later([lambda: done.append(4)])
+        threads.wait_later()
+        assert done[-1] == 4
+
+
 # ----------------------------------------------------------------------------- embedding backward
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -114,6 +116,42 @@ def test_updates_are_in_place_and_skip_missing_gradients():
     assert np.array_equal(lin.bias.data, bias_before) and lin.bias not in optimizer.state
     optimizer.zero_grad()
     assert lin.weight.grad is None
+
+
+def test_step_on_two_threads_gives_the_numbers_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The updates of different parameters run side by side (largest first); every number is the
+    one a single thread gives, over several steps, and the work really is shared by both threads."""
+    shapes = [(64, 32), (7,), (128, 16), (), (3, 5, 2), (256,)]
+
+    def trajectory(threads: int) -> tuple[list[list[np.ndarray]], set[str]]:
+        rng = np.random.default_rng(0)
+        params = [Parameter(rng.standard_normal(shape), dtype=np.float32) for shape in shapes]
+        optimizer = AdamW([{"params": params[:3], "lr": 1e-2}, {"params": params[3:], "lr": 3e-3}])
+        names: set[str] = set()
+        update = optimizer.update
+
+        def spy(p, grad, state, group):
+            names.add(threading.current_thread().name)
+            time.sleep(0.002)  # long enough for the other thread to take the next parameter
+            update(p, grad, state, group)
+
+        monkeypatch.setattr(optimizer, "update", spy)
+        steps = []
+        with tinypft.threads.num_threads(threads):
+            for _ in range(3):
+                for p in params:
+                    p.grad = rng.standard_normal(p.shape).astype(np.float32)
+                optimizer.step()
+                steps.append([p.data.copy() for p in params])
+        assert [p.version for p in params] == [3] * len(params)
+        return steps, names
+
+    one, names_one = trajectory(1)
+    two, names_two = trajectory(2)
+    for a_params, b_params in zip(one, two):
+        for a, b in zip(a_params, b_params):
+            np.testing.assert_array_equal(b, a)
+    assert len(names_one) == 1 and len(names_two) == 2
 
 
 def test_training_reduces_a_loss_through_autograd():

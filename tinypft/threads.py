@@ -10,6 +10,10 @@ GEMM's output, the sequences of an attention batch, the rows of an elementwise p
 runs such pieces on a small pool of threads (the caller is one of them). NumPy releases the GIL
 inside a ufunc's loop and inside BLAS, so the pieces really run at the same time.
 
+``later`` starts pieces whose results nobody reads until ``wait_later()``: a pool thread takes them
+when it is free while the caller goes on (``Linear``'s weight gradients, which nothing reads before
+``Tensor.backward`` ends).
+
 BLAS itself is kept at one thread (set through ``threadpoolctl``, which finds the BLAS libraries
 loaded in the process and calls their own ``set_num_threads``). The model's GEMMs are small
 (1888 x 128 @ 128 x 512): BLAS's own threads split such a product finely and then spin while they
@@ -37,7 +41,7 @@ Task = Callable[[], None]
 _num_threads = 1  # tinypft's thread count (the caller plus _num_threads - 1 pool workers)
 _workers: list[threading.Thread] = []
 _jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-_inside = threading.local()  # .active is True on a thread that is running a task
+_inside = threading.local()  # .active: True on a thread running a task; .later: its jobs from later()
 
 
 def _blas_pools() -> list[dict]:
@@ -181,3 +185,50 @@ def parallel_for(n: int, body: Callable[[slice], None], min_size: int = 1) -> No
         body(slice(0, n))
         return
     _run(body, pieces(n, min_size))
+
+
+# ----------------------------------------------------------------------------- work read later
+
+
+def later(tasks: Sequence[Task]) -> None:
+    """Start independent tasks whose results nobody reads before ``wait_later()``, and return at once.
+
+    A pool thread takes them as soon as it is free, while the caller goes on with other work; the
+    caller takes what is left when it reaches ``wait_later``. With one thread, or inside a task,
+    they run now. The autograd engine uses this for weight gradients: ``Linear``'s backward starts
+    dW and db this way, the next ops run meanwhile, and ``Tensor.backward`` calls ``wait_later``
+    before it adds anything into a leaf's ``.grad``.
+    """
+    if _num_threads == 1 or getattr(_inside, "active", False) or not tasks:
+        for task in tasks:
+            task()
+        return
+    job = _Job(_call, tasks)
+    _jobs.put(job)
+    _started_later().append(job)
+
+
+def wait_later() -> None:
+    """Return once every task this thread started with ``later`` has finished (this thread runs the
+    ones no pool thread has taken yet); raise the first exception one of them raised."""
+    started = _started_later()
+    error = None
+    while started:
+        job = started.pop(0)
+        _inside.active = True
+        try:
+            job.work()
+        finally:
+            _inside.active = False
+        job.latch.acquire()  # every task of the job has finished
+        error = error or job.error
+    if error is not None:
+        raise error
+
+
+def _started_later() -> list[_Job]:
+    """The jobs this thread started with ``later`` and has not yet waited for."""
+    started = getattr(_inside, "later", None)
+    if started is None:
+        started = _inside.later = []
+    return started

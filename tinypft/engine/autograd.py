@@ -12,6 +12,9 @@ Three ideas make the whole engine:
 
        dL/dx = sum over the uses y = f(x, ...) of  f.backward(dL/dy)[x]
 
+   A leaf's sum is added to its ``.grad`` once the walk is over (a fast kernel may still be
+   computing a weight gradient on another thread until then: ``threads.later``).
+
 Gradients of inputs that do not require one are never computed: ``ctx.needs_input_grad`` tells
 each backward which of its inputs to skip, so a frozen weight costs no weight-gradient matmul.
 
@@ -32,6 +35,8 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ..threads import wait_later
 
 # Tensor's operators call the functions of ops.py (``x + y`` is ``ops.add(x, y)``), and ops.py imports this
 # module for Tensor and Function. To keep the imports one-way, this module imports ops for type checkers
@@ -398,31 +403,40 @@ class Tensor:
         if grad.shape != self.shape:
             raise ValueError(f"backward(): grad has shape {grad.shape} but the tensor has shape {self.shape}")
 
-        grads: dict[int, np.ndarray] = {id(self): grad}  # id of a tensor -> dL/d(tensor) summed so far
-        for tensor in reversed(_topological_order(self)):
-            g = grads.pop(id(tensor), None)
-            node = tensor._node
-            if node is None:  # a leaf: accumulate into .grad
+        # dL/d(tensor) summed so far, for the tensors inside the graph; a leaf's contributions are
+        # kept in order and summed into .grad at the end (a kernel may still be computing one of
+        # them on another thread: a weight gradient started with ``threads.later``)
+        grads: dict[int, np.ndarray] = {}
+        leaf_grads: dict[int, tuple[Tensor, list[np.ndarray]]] = {}
+        _add_grad(grads, leaf_grads, self, grad)
+        try:
+            for tensor in reversed(_topological_order(self)):
+                node = tensor._node
+                if node is None:  # a leaf: its gradient is summed after the loop
+                    continue
+                if node is RELEASED:
+                    raise RuntimeError("backward() reached a part of the graph that was already released")
+                g = grads.pop(id(tensor), None)
                 if g is not None:
-                    tensor.grad = g.copy() if tensor.grad is None else tensor.grad + g
-                continue
-            if node is RELEASED:
-                raise RuntimeError("backward() reached a part of the graph that was already released")
-            if g is not None:
-                if node.changes != _changes:  # something was changed in place since this forward
-                    _check_unchanged(node, tensor)
-                for inp, ig in zip(node.inputs, node.fn.backward(node.ctx, g)):
-                    if ig is None or not inp._requires_grad:
-                        continue
-                    if ig.shape != inp._data.shape:  # a bug in an op's backward, never the user's fault
-                        raise RuntimeError(
-                            f"{node.fn.__name__}.backward gave shape {ig.shape} for input {inp.shape}"
-                        )
-                    key = id(inp)
-                    previous = grads.get(key)
-                    grads[key] = ig if previous is None else previous + ig
-            if not retain_graph:
-                tensor._node = RELEASED  # frees the saved arrays and the references to inputs
+                    if node.changes != _changes:  # something was changed in place since this forward
+                        _check_unchanged(node, tensor)
+                    for inp, ig in zip(node.inputs, node.fn.backward(node.ctx, g)):
+                        if ig is None or not inp._requires_grad:
+                            continue
+                        if ig.shape != inp._data.shape:  # a bug in an op's backward, never the user's fault
+                            raise RuntimeError(
+                                f"{node.fn.__name__}.backward gave shape {ig.shape} for input {inp.shape}"
+                            )
+                        _add_grad(grads, leaf_grads, inp, ig)
+                if not retain_graph:
+                    tensor._node = RELEASED  # frees the saved arrays and the references to inputs
+        finally:
+            wait_later()  # every gradient a kernel started is complete
+        for leaf, contributions in leaf_grads.values():  # accumulate into .grad
+            g = contributions[0]
+            for more in contributions[1:]:
+                g = g + more
+            leaf.grad = g.copy() if leaf.grad is None else leaf.grad + g
 
     # -- conversions
     def numpy(self) -> np.ndarray:
@@ -543,6 +557,19 @@ class Tensor:
 
     def masked_fill(self, mask: Any, value: float) -> Tensor:
         return ops.masked_fill(self, mask, value)
+
+
+def _add_grad(
+    grads: dict[int, np.ndarray], leaf_grads: dict[int, tuple[Tensor, list[np.ndarray]]],
+    tensor: Tensor, g: np.ndarray,
+) -> None:
+    """Add one contribution ``g`` to dL/d(tensor): summed at once inside the graph, kept for later
+    (in order) for a leaf."""
+    if tensor._node is None:
+        leaf_grads.setdefault(id(tensor), (tensor, []))[1].append(g)
+        return
+    previous = grads.get(id(tensor))
+    grads[id(tensor)] = g if previous is None else previous + g
 
 
 def _topological_order(root: Tensor) -> list[Tensor]:

@@ -35,6 +35,8 @@ ufuncs). Three rules keep that safe:
 Each kernel cuts its work into independent pieces that ``tinypft.threads`` runs at once, on
 ``set_num_threads(n)`` threads: blocks of output rows of a GEMM (in ``Linear.backward``, dx and dW
 side by side), blocks of whole sequences for attention, blocks of rows for the elementwise passes.
+A leaf weight's gradient in ``Linear.backward`` is started with ``threads.later`` and finished by
+whichever thread is free while backward goes on (``Tensor.backward`` waits for it at the end).
 A piece is the same arithmetic on its own rows, so the results do not depend on the thread count
 (``tests/test_fused.py::test_kernels_split_over_threads_give_the_same_numbers``); small arrays
 (decoding) stay in one piece, with no threading overhead.
@@ -51,7 +53,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..threads import parallel, parallel_for, pieces
+from ..threads import later, parallel, parallel_for, pieces
 from .autograd import Context, Function, Tensor
 from .ops import GELU_C, unbroadcast
 
@@ -80,11 +82,17 @@ class Linear(Function):
     dx = g W            (N, out) @ (out, in)
     dW = g^T x          (out, N) @ (N, in): the sum over all N rows in one GEMM
     db = sum_rows g     (out,)
+
+    When W and b are leaves (``weights_are_leaves``, the usual case: a model's parameters), nothing
+    reads dW and db before backward ends: they are started with ``threads.later`` and computed by
+    whichever thread is free, while dx and the ops after it go on (``Tensor.backward`` waits for
+    them before it touches ``.grad``).
     """
 
     @staticmethod
     def forward(
-        ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None
+        ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None,
+        weights_are_leaves: bool = False,
     ) -> np.ndarray:
         x2 = x.reshape(-1, x.shape[-1])  # (N, in), a view when x is contiguous
         y = np.empty((x2.shape[0], weight.shape[0]), dtype=x.dtype)  # (N, out)
@@ -97,40 +105,52 @@ class Linear(Function):
         parallel_for(x2.shape[0], rows, _min_rows(weight.size, GEMM_PIECE))
         needs = ctx.needs_input_grad
         # keep only what backward will read: x for dW, W for dx
-        ctx.save_for_backward(x.shape, x2 if needs[1] else None, weight if needs[0] else None)
+        ctx.save_for_backward(
+            x.shape, x2 if needs[1] else None, weight if needs[0] else None, weights_are_leaves
+        )
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        x_shape, x2, weight = ctx.saved
+        x_shape, x2, weight, weights_are_leaves = ctx.saved
         needs = ctx.needs_input_grad
         g2 = g.reshape(-1, g.shape[-1])  # (N, out)
         (N, n_out), n_in = g2.shape, x_shape[-1]
         dx = np.empty((N, n_in), dtype=g.dtype) if needs[0] else None  # (N, in)
         dw = np.empty((n_out, n_in), dtype=g.dtype) if needs[1] else None  # (out, in)
         db = np.empty(n_out, dtype=g.dtype) if len(needs) == 3 and needs[2] else None  # (out,)
-        # the products are independent (and cost the same): each is cut into blocks of its output rows,
-        # as many as there are threads for it (on two threads: dx on one, dW on the other, whole)
-        products = (dx is not None) + (dw is not None)
-        tasks = []
-        if dx is not None:
-            for s in pieces(N, _min_rows(n_out * n_in, GEMM_PIECE), share=products):
-                tasks.append(lambda s=s: np.matmul(g2[s], weight, out=dx[s]))
-        if dw is not None:
-            for s in pieces(n_out, _min_rows(N * n_in, GEMM_PIECE), share=products):
-                tasks.append(lambda s=s: np.matmul(g2[:, s].T, x2, out=dw[s]))
-        if db is not None:
-            for s in pieces(n_out, _min_rows(N)):
-                tasks.append(lambda s=s: np.add.reduce(g2[:, s], axis=0, out=db[s]))
-        parallel(tasks)
+        dx_rows = _min_rows(n_out * n_in, GEMM_PIECE)
+        if weights_are_leaves:  # dW and db finish on whichever thread is free; dx is needed now
+            later([task for task, wanted in [
+                (lambda: np.matmul(g2.T, x2, out=dw), dw is not None),
+                (lambda: np.add.reduce(g2, axis=0, out=db), db is not None),
+            ] if wanted])
+            if dx is not None:
+                parallel_for(N, lambda s: np.matmul(g2[s], weight, out=dx[s]), dx_rows)
+        else:
+            # the products are independent (and cost the same): each is cut into blocks of its output
+            # rows, as many as there are threads for it (on two threads: dx on one, dW on the other)
+            products = (dx is not None) + (dw is not None)
+            tasks = []
+            if dx is not None:
+                for s in pieces(N, dx_rows, share=products):
+                    tasks.append(lambda s=s: np.matmul(g2[s], weight, out=dx[s]))
+            if dw is not None:
+                for s in pieces(n_out, _min_rows(N * n_in, GEMM_PIECE), share=products):
+                    tasks.append(lambda s=s: np.matmul(g2[:, s].T, x2, out=dw[s]))
+            if db is not None:
+                for s in pieces(n_out, _min_rows(N)):
+                    tasks.append(lambda s=s: np.add.reduce(g2[:, s], axis=0, out=db[s]))
+            parallel(tasks)
         dx = None if dx is None else dx.reshape(x_shape)
         return (dx, dw) if len(needs) == 2 else (dx, dw, db)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    leaves = weight.is_leaf and (bias is None or bias.is_leaf)
     if bias is None:
-        return Linear.apply(x, weight)
-    return Linear.apply(x, weight, bias)
+        return Linear.apply(x, weight, weights_are_leaves=leaves)
+    return Linear.apply(x, weight, bias, weights_are_leaves=leaves)
 
 
 # ----------------------------------------------------------------------------- gelu
@@ -270,18 +290,22 @@ class LayerNorm(Function):
         dx = rstd * (gw - mean(gw) - x_hat * mean(gw * x_hat))
         dw = sum(g * x_hat),  db = sum(g)   (sums over all leading axes)
     Only mean and rstd (one number per row) are saved: backward recomputes x_hat from x, which
-    is cheaper than keeping a second (..., d) array alive from forward to backward.
+    is cheaper than keeping a second (..., d) array alive from forward to backward. As in
+    ``Linear``, dw and db are started with ``threads.later`` when w and b are leaves.
     """
 
     @staticmethod
-    def forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    def forward(
+        ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
+        weights_are_leaves: bool = False,
+    ) -> np.ndarray:
         y, mean, rstd = layer_norm_forward(x, weight, bias, eps)
-        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.save_for_backward(x, mean, rstd, weight, weights_are_leaves)
         return y
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        x, mean, rstd, weight = ctx.saved
+        x, mean, rstd, weight, weights_are_leaves = ctx.saved
         need_x, need_w, need_b = ctx.needs_input_grad
         d = x.shape[-1]
         x_hat = np.empty(x.shape, x.dtype)  # (..., d)
@@ -313,12 +337,13 @@ class LayerNorm(Function):
             tasks.append(lambda: np.einsum("nd,nd->d", g2, x_hat2, out=dw))
         if db is not None:
             tasks.append(lambda: np.add.reduce(g2, axis=0, out=db))
-        parallel(tasks)
+        # nothing reads a leaf's gradient before backward ends: then the sums may finish later
+        (later if weights_are_leaves else parallel)(tasks)
         return dx, dw, db
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
-    return LayerNorm.apply(x, weight, bias, eps=eps)
+    return LayerNorm.apply(x, weight, bias, eps=eps, weights_are_leaves=weight.is_leaf and bias.is_leaf)
 
 
 # ----------------------------------------------------------------------------- cross entropy

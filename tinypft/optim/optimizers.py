@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..engine.autograd import Tensor, no_grad
+from ..threads import parallel
 
 ParamsLike = Iterable[Tensor] | Iterable[dict[str, Any]]
 
@@ -22,7 +23,9 @@ ParamsLike = Iterable[Tensor] | Iterable[dict[str, Any]]
 class Optimizer:
     """Base class: parameter groups, per-parameter state, zero_grad, state_dict / load_state_dict.
 
-    Subclasses implement ``update(param, grad, state, group)`` for one parameter.
+    Subclasses implement ``update(param, grad, state, group)`` for one parameter. ``step`` runs the
+    updates of different parameters at the same time (``tinypft.set_num_threads``), so an update
+    must touch only its own parameter and state.
     """
 
     def __init__(self, params: ParamsLike, defaults: dict[str, Any]):
@@ -57,6 +60,7 @@ class Optimizer:
         A parameter its model has dropped (``Parameter.removed_by``, set by a prefix's ``merge``)
         is an error: the step would train a tensor the model no longer reads.
         """
+        updates = []  # (parameter, its state, its group), in the order of the groups
         for group in self.param_groups:
             for p in group["params"]:
                 removed_by = getattr(p, "removed_by", None)
@@ -67,8 +71,14 @@ class Optimizer:
                         "uses. Build a new optimizer over the model's parameters"
                     )
                 if p.grad is not None:
-                    self.update(p, p.grad, self.state.setdefault(p, {}), group)
-                    p.bump_version()
+                    updates.append((p, self.state.setdefault(p, {}), group))
+        # Each update reads and writes only its own parameter and state, so they run side by side on
+        # tinypft's threads (the largest first, so that the threads finish together): the same numbers.
+        updates.sort(key=lambda update: -update[0].size)
+        parallel([lambda p=p, state=state, group=group: self.update(p, p.grad, state, group)
+                  for p, state, group in updates])
+        for p, _, _ in updates:
+            p.bump_version()
 
     def update(self, p: Tensor, grad: np.ndarray, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError
