@@ -483,6 +483,7 @@ def test_later_runs_its_tasks_and_passes_on_their_errors() -> None:
         assert done == [1]
         threads.wait_later()
     with num_threads(2):
+        threads.later([])  # nothing to start, nothing to wait for
         threads.later([lambda: (time.sleep(0.05), done.append(2))])
         threads.later([lambda: done.append(3), lambda: 1 / 0])
         with pytest.raises(ZeroDivisionError):

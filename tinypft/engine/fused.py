@@ -84,9 +84,10 @@ class Linear(Function):
     db = sum_rows g     (out,)
 
     When W and b are leaves (``weights_are_leaves``, the usual case: a model's parameters), nothing
-    reads dW and db before backward ends: they are started with ``threads.later`` and computed by
-    whichever thread is free, while dx and the ops after it go on (``Tensor.backward`` waits for
-    them before it touches ``.grad``).
+    reads dW and db before backward ends: when dW is wanted, the two are started with
+    ``threads.later`` and computed by whichever thread is free, while dx and the ops after it go on
+    (``Tensor.backward`` waits for them before it touches ``.grad``). db alone (BitFit) is too little
+    work to run beside dx that way: then dx and db are cut into pieces for the threads as usual.
     """
 
     @staticmethod
@@ -120,7 +121,7 @@ class Linear(Function):
         dw = np.empty((n_out, n_in), dtype=g.dtype) if needs[1] else None  # (out, in)
         db = np.empty(n_out, dtype=g.dtype) if len(needs) == 3 and needs[2] else None  # (out,)
         dx_rows = _min_rows(n_out * n_in, GEMM_PIECE)
-        if weights_are_leaves:  # dW and db finish on whichever thread is free; dx is needed now
+        if weights_are_leaves and dw is not None:  # dW and db finish on a free thread; dx is needed now
             later([task for task, wanted in [
                 (lambda: np.matmul(g2.T, x2, out=dw), dw is not None),
                 (lambda: np.add.reduce(g2, axis=0, out=db), db is not None),

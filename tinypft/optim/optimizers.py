@@ -18,6 +18,7 @@ from ..engine.autograd import Tensor, no_grad
 from ..threads import parallel
 
 ParamsLike = Iterable[Tensor] | Iterable[dict[str, Any]]
+PARALLEL_UPDATE_SIZE = 1 << 14  # elements: a parameter this large is updated on a thread of its own
 
 
 class Optimizer:
@@ -72,11 +73,16 @@ class Optimizer:
                     )
                 if p.grad is not None:
                     updates.append((p, self.state.setdefault(p, {}), group))
-        # Each update reads and writes only its own parameter and state, so they run side by side on
-        # tinypft's threads (the largest first, so that the threads finish together): the same numbers.
+        # Each update reads and writes only its own parameter and state, so large ones run side by side
+        # on tinypft's threads (the largest first, so that the threads finish together): the same
+        # numbers. Small ones are mostly Python, which holds the GIL: they run in turn, as one task.
         updates.sort(key=lambda update: -update[0].size)
-        parallel([lambda p=p, state=state, group=group: self.update(p, p.grad, state, group)
-                  for p, state, group in updates])
+        large = [u for u in updates if u[0].size >= PARALLEL_UPDATE_SIZE]
+        small = updates[len(large):]
+        tasks = [lambda u=u: self.update(u[0], u[0].grad, u[1], u[2]) for u in large]
+        if small:
+            tasks.append(lambda: [self.update(p, p.grad, state, group) for p, state, group in small])
+        parallel(tasks)
         for p, _, _ in updates:
             p.bump_version()
 
