@@ -119,9 +119,10 @@ def test_updates_are_in_place_and_skip_missing_gradients():
 
 
 def test_step_on_two_threads_gives_the_numbers_of_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The updates of different parameters run side by side (largest first); every number is the
-    one a single thread gives, over several steps, and the work really is shared by both threads."""
-    shapes = [(64, 32), (7,), (128, 16), (), (3, 5, 2), (256,)]
+    """The updates of large parameters run side by side (largest first), the small ones in turn as
+    one more task; every number is the one a single thread gives, over several steps, and the work
+    really is shared by both threads."""
+    shapes = [(256, 128), (7,), (128, 160), (), (3, 5, 2), (20_000,), (256,)]
 
     def trajectory(threads: int) -> tuple[list[list[np.ndarray]], set[str]]:
         rng = np.random.default_rng(0)
