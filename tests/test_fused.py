@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -493,6 +494,16 @@ def test_later_runs_its_tasks_and_passes_on_their_errors() -> None:
         threads.later([lambda: done.append(4)])
         threads.wait_later()
         assert done[-1] == 4
+        # a finished task lets go of what it holds at once, not at wait_later (memory)
+        array = np.ones(1000)
+        held = weakref.ref(array)
+        threads.later([lambda a=array: a.sum()])
+        del array
+        deadline = time.monotonic() + 10
+        while held() is not None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert held() is None
+        threads.wait_later()
 
 
 # ----------------------------------------------------------------------------- embedding backward

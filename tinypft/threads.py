@@ -124,6 +124,7 @@ class _Job:
             except BaseException as exc:  # handed to the caller, which raises it
                 self.error = self.error or exc
             if self.finish() == n:
+                self.items = ()  # let go of the tasks (and the arrays they hold) as soon as all are done
                 self.latch.release()
             i = self.take()
 
