@@ -122,10 +122,10 @@ class Linear(Function):
         db = np.empty(n_out, dtype=g.dtype) if len(needs) == 3 and needs[2] else None  # (out,)
         dx_rows = _min_rows(n_out * n_in, GEMM_PIECE)
         if weights_are_leaves and dw is not None:  # dW and db finish on a free thread; dx is needed now
-            later([task for task, wanted in [
-                (lambda: np.matmul(g2.T, x2, out=dw), dw is not None),
-                (lambda: np.add.reduce(g2, axis=0, out=db), db is not None),
-            ] if wanted])
+            weight_tasks = [lambda: np.matmul(g2.T, x2, out=dw)]
+            if db is not None:
+                weight_tasks.append(lambda: np.add.reduce(g2, axis=0, out=db))
+            later(weight_tasks)
             if dx is not None:
                 parallel_for(N, lambda s: np.matmul(g2[s], weight, out=dx[s]), dx_rows)
         else:
