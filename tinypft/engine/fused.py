@@ -33,10 +33,10 @@ ufuncs). Three rules keep that safe:
   weight-gradient matmul.
 
 Each kernel cuts its work into independent pieces that ``tinypft.threads`` runs at once, on
-``set_num_threads(n)`` threads: blocks of output rows of a GEMM (in ``Linear.backward``, dx and dW
-side by side), blocks of whole sequences for attention, blocks of rows for the elementwise passes.
-A leaf weight's gradient in ``Linear.backward`` is started with ``threads.later`` and finished by
-whichever thread is free while backward goes on (``Tensor.backward`` waits for it at the end).
+``set_num_threads(n)`` threads: blocks of output rows of a GEMM, blocks of whole sequences for
+attention, blocks of rows for the elementwise passes. In ``Linear.backward`` and ``LayerNorm.backward``
+a leaf weight's gradient is started with ``threads.later`` and finished by whichever thread is free
+while backward goes on (``Tensor.backward`` waits for it at the end); otherwise dx and dW run side by side.
 A piece is the same arithmetic on its own rows, so the results do not depend on the thread count
 (``tests/test_fused.py::test_kernels_split_over_threads_give_the_same_numbers``); small arrays
 (decoding) stay in one piece, with no threading overhead.
