@@ -157,9 +157,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 # ----------------------------------------------------------------------------- gelu
 
 
-def gelu_forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """GELU on an array: y = x s, s = sigmoid(2u) (see ``GELU``); returns y and s, which backward needs."""
-    y, s = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype)  # (...) each, contiguous (0-d too)
+def gelu_forward(
+    x: np.ndarray, out: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """GELU on an array: y = x s, s = sigmoid(2u) (see ``GELU``); returns y and s, which backward needs
+    (written into ``out`` = (y, s), contiguous arrays of x's shape, when given)."""
+    y, s = out or (np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype))  # (...) each, contiguous (0-d too)
     x2, y2, s2 = _rows(x), _rows(y), _rows(s)
 
     def rows(r: slice) -> None:
@@ -258,12 +261,17 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 def layer_norm_forward(
-    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float,
+    out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """LayerNorm of x (..., d) on arrays (see ``LayerNorm``): returns y (..., d), mean and rstd (..., 1)."""
+    """LayerNorm of x (..., d) on arrays (see ``LayerNorm``): returns y (..., d), mean and rstd (..., 1)
+    (written into ``out`` = (y, mean, rstd), contiguous arrays of those shapes, when given)."""
     d = x.shape[-1]
-    y = np.empty(x.shape, x.dtype)  # (..., d)
-    mean, rstd = np.empty((*x.shape[:-1], 1), x.dtype), np.empty((*x.shape[:-1], 1), x.dtype)  # (..., 1)
+    y, mean, rstd = out or (
+        np.empty(x.shape, x.dtype),  # (..., d)
+        np.empty((*x.shape[:-1], 1), x.dtype),  # (..., 1)
+        np.empty((*x.shape[:-1], 1), x.dtype),  # (..., 1)
+    )
     x2, y2, mean2, rstd2 = _rows(x), _rows(y), _rows(mean), _rows(rstd)
 
     def rows(r: slice) -> None:
@@ -450,9 +458,11 @@ def _heads_side_by_side(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 def attention_forward(
-    q: np.ndarray, k: np.ndarray, v: np.ndarray, score_bias: np.ndarray | None
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, score_bias: np.ndarray | None,
+    into: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Attention on arrays (see ``Attention``): returns out = P V (B, H, Tq, d) and P (B, H, Tq, Tk).
+    """Attention on arrays (see ``Attention``): returns out = P V (B, H, Tq, d) and P (B, H, Tq, Tk)
+    (written into ``into`` = (out, P) when given).
 
     ``score_bias`` (broadcastable to (B, H, Tq, Tk)) is added to the scores: 0 where attending is
     allowed, the dtype's minimum where it is not; None when every key is visible. Sequences are
@@ -461,8 +471,10 @@ def attention_forward(
     scale = q.shape[-1] ** -0.5  # a Python float: keeps float32 float32
     batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])  # (B, H)
     Tq, Tk = q.shape[-2], k.shape[-2]
-    p = np.empty((*batch, Tq, Tk), q.dtype)
-    out = _heads_side_by_side((*batch, Tq, v.shape[-1]), q.dtype)
+    out, p = into or (
+        _heads_side_by_side((*batch, Tq, v.shape[-1]), q.dtype),  # (B, H, Tq, d)
+        np.empty((*batch, Tq, Tk), q.dtype),  # (B, H, Tq, Tk)
+    )
     B = batch[0] if len(batch) == 2 else 0
 
     def sequences(s: slice) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..threads import later
 from . import autograd
 from .autograd import Context, Function, Tensor, as_tensor, fused_kernels_enabled
 from .rng import get_rng
@@ -533,15 +534,18 @@ class Where(Function):
 # ----------------------------------------------------------------------------- lookups and noise
 
 
-def embedding_backward(ids: np.ndarray, grad: np.ndarray, num_rows: int) -> np.ndarray:
+def embedding_backward(
+    ids: np.ndarray, grad: np.ndarray, num_rows: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """dweight (num_rows, dim): the rows of ``grad`` (..., dim) summed by their id in ``ids`` (...).
 
     Sorting the ids puts equal ids next to each other, so each run of equal ids is one
     contiguous block summed by ``np.add.reduceat``: much faster than the scatter ``np.add.at``.
+    ``out``, when given, is a zeroed (num_rows, dim) array to write into.
     """
     flat_ids = ids.reshape(-1)  # (N,)
     flat_grad = grad.reshape(flat_ids.size, grad.shape[-1])  # (N, dim)
-    dweight = np.zeros((num_rows, grad.shape[-1]), dtype=grad.dtype)
+    dweight = np.zeros((num_rows, grad.shape[-1]), dtype=grad.dtype) if out is None else out
     if flat_ids.size == 0:
         return dweight
     order = np.argsort(flat_ids, kind="stable")
@@ -556,22 +560,30 @@ class Embedding(Function):
 
     A token id that occurs several times receives the sum of its gradients: ``np.add.at`` on the
     composed path (the reference), ``embedding_backward`` (sorted ids, one ``reduceat``) when the
-    fused kernels were on at forward time.
+    fused kernels were on at forward time. Then, when the weight is a leaf (``weight_is_leaf``:
+    nothing reads its gradient before backward ends), that sum is started with ``threads.later``
+    and finished by whichever thread is free, as ``fused.Linear`` does with dW.
     """
 
     @staticmethod
-    def forward(ctx: Context, weight: np.ndarray, ids: np.ndarray, fused: bool = False) -> np.ndarray:
+    def forward(
+        ctx: Context, weight: np.ndarray, ids: np.ndarray, fused: bool = False, weight_is_leaf: bool = False
+    ) -> np.ndarray:
         if ids.dtype.kind not in "iu":
             raise TypeError(f"embedding: ids must be integers, got dtype {ids.dtype}")
         if ids.size and (ids.min() < 0 or ids.max() >= weight.shape[0]):
             bad = ids.max() if ids.max() >= weight.shape[0] else ids.min()
             raise IndexError(f"embedding: id {bad} is out of range for a table of {weight.shape[0]} rows")
-        ctx.save_for_backward(weight.shape, ids, fused)
+        ctx.save_for_backward(weight.shape, ids, fused, weight_is_leaf)
         return weight[ids]
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        shape, ids, fused = ctx.saved
+        shape, ids, fused, weight_is_leaf = ctx.saved
+        if fused and weight_is_leaf:
+            dweight = np.zeros(shape, dtype=g.dtype)
+            later([lambda: embedding_backward(ids, g, shape[0], out=dweight)])
+            return (dweight,)
         if fused:
             return (embedding_backward(ids, g, shape[0]),)
         dweight = np.zeros(shape, dtype=g.dtype)
@@ -730,7 +742,7 @@ def masked_fill(x: Tensor, mask: Any, value: float) -> Tensor:
 def embedding(weight: Tensor, ids: Any) -> Tensor:
     """Rows of ``weight`` (num_embeddings, dim) picked by integer ``ids`` (...): shape (..., dim)."""
     ids = np.asarray(ids.data if isinstance(ids, Tensor) else ids)
-    return Embedding.apply(weight, ids=ids, fused=fused_kernels_enabled())
+    return Embedding.apply(weight, ids=ids, fused=fused_kernels_enabled(), weight_is_leaf=weight.is_leaf)
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:

@@ -42,7 +42,7 @@ from ..engine import Tensor, ops
 from ..engine import functional as F
 from ..engine.rng import get_rng
 from ..nn import Dropout, Embedding, LayerNorm, Linear, Module, ModuleList
-from . import decode
+from . import decode, fused_block
 from .cache import KVBuffer, KVCache, KVPair, LayerCache
 from .config import GPTConfig
 
@@ -165,8 +165,13 @@ class Block(Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, mask: np.ndarray, kv_prefix: KVPair | None = None, past: LayerCache | None = None
-    ) -> tuple[Tensor, KVPair]:
+        self, x: Tensor, mask: np.ndarray, kv_prefix: KVPair | None = None, past: LayerCache | None = None,
+        need_kv: bool = True,
+    ) -> tuple[Tensor, KVPair | None]:
+        """x (B, T, d) -> (x (B, T, d), this layer's keys and values, or None when ``need_kv`` is False
+        and the block ran as one node: ``fused_block``, the same numbers)."""
+        if fused_block.can_run(self, past, need_kv):
+            return fused_block.run(self, x, mask, kv_prefix, need_kv)
         a, kv = self.attn(self.ln_1(x), mask, kv_prefix, past)  # (B, T, d)
         x = x + a  # (B, T, d)
         x = x + self.mlp(self.ln_2(x))  # (B, T, d)
@@ -239,7 +244,7 @@ class GPT(Module):
             return decode.fast_decode_step(self, ids, token_mask, positions, cache, use_cache)
         x = self._embed(ids, prompt_embeds, positions)  # (B, S, d)
         mask = self._attention_mask(seq_mask, P_kv, kv_prefix_start, cache)  # (B, 1, S, Tk)
-        x, layer_kv = self._run_blocks(x, mask, kv_prefix, cache)  # (B, S, d)
+        x, layer_kv = self._run_blocks(x, mask, kv_prefix, cache, use_cache)  # (B, S, d)
         h = self.ln_f(x)  # (B, S, d)
         if P_in:
             h = h[:, P_in:]  # (B, T, d): only token positions carry predictions
@@ -389,15 +394,18 @@ class GPT(Module):
         return mask
 
     def _run_blocks(
-        self, x: Tensor, mask: np.ndarray, kv_prefix: list[KVPair] | None, cache: KVCache | None
+        self, x: Tensor, mask: np.ndarray, kv_prefix: list[KVPair] | None, cache: KVCache | None,
+        need_kv: bool = True,
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor, KVBuffer | None]]]:
         """x (B, S, d) through every block -> (x (B, S, d), per layer its keys and values
-        (B, H, Tk, hd) and the cache buffer they live in, None if none)."""
+        (B, H, Tk, hd) and the cache buffer they live in, None if none; an empty list when
+        ``need_kv`` is False)."""
         layer_kv = []
         for i, block in enumerate(self.blocks):
             past = LayerCache(cache, i, self.config.context_length) if cache is not None else None
-            x, (k, v) = block(x, mask, None if kv_prefix is None else kv_prefix[i], past)  # (B, S, d)
-            layer_kv.append((k, v, None if past is None else past.buffer))
+            x, kv = block(x, mask, None if kv_prefix is None else kv_prefix[i], past, need_kv)  # (B, S, d)
+            if need_kv:
+                layer_kv.append((*kv, None if past is None else past.buffer))
         return x, layer_kv
 
     @staticmethod
