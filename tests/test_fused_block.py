@@ -16,7 +16,11 @@ from tinypft import gradcheck, no_grad
 from tinypft.engine import use_fused_kernels
 from tinypft.model import GPT, GPTConfig, fused_block
 from tinypft.peft import (
-    BitFitConfig, FullFinetuneConfig, PrefixTuningConfig, PromptTuningConfig, RandomSubsetConfig,
+    BitFitConfig,
+    FullFinetuneConfig,
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    RandomSubsetConfig,
     get_peft_model,
 )
 from tinypft.threads import num_threads
