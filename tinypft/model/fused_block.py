@@ -116,15 +116,15 @@ def run(
     return y, ((Tensor._wrap(kv[0]), Tensor._wrap(kv[1])) if need_kv else None)  # as they are: no copy
 
 
-def _needs(*flags: bool) -> bool:
-    return any(flags)
+INPUTS = (  # FusedBlock's inputs, in order (the prefix's keys and values only with a prefix)
+    "x", "ln_1.weight", "ln_1.bias", "q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias",
+    "v_proj.weight", "v_proj.bias", "o_proj.weight", "o_proj.bias", "ln_2.weight", "ln_2.bias",
+    "fc_in.weight", "fc_in.bias", "fc_out.weight", "fc_out.bias", "prefix_k", "prefix_v",
+)
 
 
 class FusedBlock(Function):
-    """The pre-LayerNorm block as one node; inputs in this order:
-
-        x, ln_1.{weight, bias}, {q, k, v, o}_proj.{weight, bias}, ln_2.{weight, bias},
-        fc_in.{weight, bias}, fc_out.{weight, bias}, and optionally the prefix's P_K and P_V
+    """The pre-LayerNorm block as one node; its inputs are named by ``INPUTS``.
 
     The forward keeps, for every step, the context its fused kernel would have kept; backward hands
     each context to that kernel's ``backward``.
@@ -187,125 +187,114 @@ class FusedBlock(Function):
         per_sequence = S * (4 * d * d + 2 * d * d_ff + 2 * S * d)  # multiply-adds of one sequence
         parallel_for(B, sequences, _min_rows(per_sequence, GEMM_PIECE))
         kv_out += [k_all, v_all]
-
-        # what each node of the block would save; requires[i]: does input i require a gradient
-        requires = ctx.needs_input_grad
-        (x_rg, ln1w_rg, ln1b_rg, qw_rg, qb_rg, kw_rg, kb_rg, vw_rg, vb_rg, ow_rg, ob_rg,
-         ln2w_rg, ln2b_rg, inw_rg, inb_rg, outw_rg, outb_rg, *prefix_rg) = requires
-        if not any(requires):
+        if not any(ctx.needs_input_grad):
             return y.reshape(B, S, d)
-        (x_lf, ln1w_lf, ln1b_lf, qw_lf, qb_lf, kw_lf, kb_lf, vw_lf, vb_lf, ow_lf, ob_lf,
-         ln2w_lf, ln2b_lf, inw_lf, inb_lf, outw_lf, outb_lf, *_) = leaves
-        h1_rg = _needs(x_rg, ln1w_rg, ln1b_rg)
-        q_rg, k_rg = _needs(h1_rg, qw_rg, qb_rg), _needs(h1_rg, kw_rg, kb_rg)
-        v_rg = _needs(h1_rg, vw_rg, vb_rg)
-        kall_rg = _needs(k_rg, prefix_rg[0]) if prefix else k_rg
-        vall_rg = _needs(v_rg, prefix_rg[1]) if prefix else v_rg
-        att_rg = _needs(q_rg, kall_rg, vall_rg)
-        x1_rg = _needs(x_rg, att_rg, ow_rg, ob_rg)
-        h2_rg = _needs(x1_rg, ln2w_rg, ln2b_rg)
-        u_rg = _needs(h2_rg, inw_rg, inb_rg)
 
-        def linear_ctx(x_in: np.ndarray, w: np.ndarray, needs: tuple[bool, ...], leaf: bool) -> Context:
-            c = Context(needs)  # what fused.Linear.forward saves: x for dW, W for dx
-            shape = (B, S, x_in.shape[-1])
-            c.save_for_backward(shape, x_in if needs[1] else None, w if needs[0] else None, leaf)
+        # Which tensors of the node-by-node graph would require a gradient: an input that does, and
+        # every step's output that has such an input.
+        rg = dict(zip(INPUTS, ctx.needs_input_grad))
+        leaf = dict(zip(INPUTS, leaves))
+        rg["h1"] = rg["x"] or rg["ln_1.weight"] or rg["ln_1.bias"]
+        for name in ("q", "k", "v"):
+            rg[name] = rg["h1"] or rg[f"{name}_proj.weight"] or rg[f"{name}_proj.bias"]
+        rg["k_all"] = rg["k"] or (P > 0 and rg["prefix_k"])
+        rg["v_all"] = rg["v"] or (P > 0 and rg["prefix_v"])
+        rg["att"] = rg["q"] or rg["k_all"] or rg["v_all"]
+        rg["x1"] = rg["x"] or rg["att"] or rg["o_proj.weight"] or rg["o_proj.bias"]
+        rg["h2"] = rg["x1"] or rg["ln_2.weight"] or rg["ln_2.bias"]
+        rg["u"] = rg["h2"] or rg["fc_in.weight"] or rg["fc_in.bias"]
+
+        def needs(x_name: str, layer: str) -> tuple[bool, bool, bool]:
+            return rg[x_name], rg[f"{layer}.weight"], rg[f"{layer}.bias"]
+
+        def linear_ctx(x_in: np.ndarray, w: np.ndarray, x_name: str, layer: str) -> Context:
+            c = Context(needs(x_name, layer))  # what fused.Linear.forward saves: x for dW, W for dx
+            shape, flags = (B, S, x_in.shape[-1]), c.needs_input_grad
+            leaves = leaf[f"{layer}.weight"] and leaf[f"{layer}.bias"]
+            c.save_for_backward(shape, x_in if flags[1] else None, w if flags[0] else None, leaves)
             return c
 
         def norm_ctx(
-            x_in: np.ndarray, m: np.ndarray, r: np.ndarray, w: np.ndarray, needs: tuple[bool, ...], leaf: bool
+            x_in: np.ndarray, m: np.ndarray, r: np.ndarray, w: np.ndarray, x_name: str, layer: str
         ) -> Context:
-            c = Context(needs)  # what fused.LayerNorm.forward saves
-            c.save_for_backward(x_in.reshape(B, S, d), m.reshape(B, S, 1), r.reshape(B, S, 1), w, leaf)
+            c = Context(needs(x_name, layer))  # what fused.LayerNorm.forward saves
+            leaves = leaf[f"{layer}.weight"] and leaf[f"{layer}.bias"]
+            c.save_for_backward(x_in.reshape(B, S, d), m.reshape(B, S, 1), r.reshape(B, S, 1), w, leaves)
             return c
 
-        contexts: dict[str, Context | None] = {}
-        contexts["fc_out"] = linear_ctx(gy, out_w, (u_rg, outw_rg, outb_rg), outw_lf and outb_lf)
-        gelu_ctx = contexts["gelu"] = Context((u_rg,)) if u_rg else None
-        if gelu_ctx is not None:
-            gelu_ctx.save_for_backward(u.reshape(B, S, d_ff), gs.reshape(B, S, d_ff))
-        contexts["fc_in"] = linear_ctx(h2, in_w, (h2_rg, inw_rg, inb_rg), inw_lf and inb_lf) if u_rg else None
-        contexts["ln_2"] = (
-            norm_ctx(x1, m2, r2, ln2_w, (x1_rg, ln2w_rg, ln2b_rg), ln2w_lf and ln2b_lf) if h2_rg else None
+        # one context per step whose node would be recorded, None for the others
+        contexts: dict[str, Context | None] = dict.fromkeys(
+            ("fc_out", "gelu", "fc_in", "ln_2", "o_proj", "attention", "q_proj", "k_proj", "v_proj", "ln_1")
         )
-        contexts["o_proj"] = linear_ctx(att2, o_w, (att_rg, ow_rg, ob_rg), ow_lf and ob_lf)
-        if att_rg:
-            c = contexts["attention"] = Context((q_rg, kall_rg, vall_rg))
-            c.save_for_backward(q4, k_all, v_all, probs, att, mask if empty_rows else None, hd ** -0.5)
-        for name, w, needs, leaf in (
-            ("q_proj", q_w, (h1_rg, qw_rg, qb_rg), qw_lf and qb_lf),
-            ("k_proj", k_w, (h1_rg, kw_rg, kb_rg), kw_lf and kb_lf),
-            ("v_proj", v_w, (h1_rg, vw_rg, vb_rg), vw_lf and vb_lf),
-        ):
-            contexts[name] = linear_ctx(h1, w, needs, leaf) if any(needs) else None
-        contexts["ln_1"] = (
-            norm_ctx(x2, m1, r1, ln1_w, (x_rg, ln1w_rg, ln1b_rg), ln1w_lf and ln1b_lf) if h1_rg else None
-        )
+        contexts["fc_out"] = linear_ctx(gy, out_w, "u", "fc_out")
+        if rg["u"]:
+            contexts["gelu"] = Context((True,))
+            contexts["gelu"].save_for_backward(u.reshape(B, S, d_ff), gs.reshape(B, S, d_ff))
+            contexts["fc_in"] = linear_ctx(h2, in_w, "h2", "fc_in")
+        if rg["h2"]:
+            contexts["ln_2"] = norm_ctx(x1, m2, r2, ln2_w, "x1", "ln_2")
+        contexts["o_proj"] = linear_ctx(att2, o_w, "att", "o_proj")
+        if rg["att"]:
+            contexts["attention"] = Context((rg["q"], rg["k_all"], rg["v_all"]))
+            scale = hd ** -0.5
+            empty_row_mask = mask if empty_rows else None
+            contexts["attention"].save_for_backward(q4, k_all, v_all, probs, att, empty_row_mask, scale)
+        for name, w in (("q", q_w), ("k", k_w), ("v", v_w)):
+            if rg[name]:
+                contexts[f"{name}_proj"] = linear_ctx(h1, w, "h1", f"{name}_proj")
+        if rg["h1"]:
+            contexts["ln_1"] = norm_ctx(x2, m1, r1, ln1_w, "x", "ln_1")
+        # the arrays themselves at the top too: backward's check that none was changed in place sees them
         saved = [a for c in contexts.values() if c is not None for a in c.saved if type(a) is np.ndarray]
-        flags = (x1_rg, att_rg, q_rg, k_rg, v_rg, kall_rg, vall_rg, h1_rg, u_rg, h2_rg)
-        ctx.save_for_backward(*saved, (contexts, flags, (B, S, d, H, hd, P), [a.shape for a in prefix]))
+        ctx.save_for_backward(*saved, (contexts, rg, (B, S, d, H, hd, P), [a.shape for a in prefix]))
         return y.reshape(B, S, d)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        contexts, flags, (B, S, d, H, hd, P), prefix_shapes = ctx.saved[-1]
-        x1_rg, att_rg, q_rg, k_rg, v_rg, kall_rg, vall_rg, h1_rg, u_rg, h2_rg = flags
-        x_rg = ctx.needs_input_grad[0]
-        grads: dict[str, np.ndarray | None] = {}
+        contexts, rg, (B, S, d, H, hd, P), prefix_shapes = ctx.saved[-1]
+        grads: dict[str, np.ndarray | None] = dict.fromkeys(INPUTS)
 
-        # y = x1 + fc_out(gelu(fc_in(LN_2(x1)))): Add gives g to both terms
-        dx1 = g if x1_rg else None
-        d_gy, grads["out_w"], grads["out_b"] = LinearKernel.backward(contexts["fc_out"], g)
-        if u_rg:
-            (du,) = GELU.backward(contexts["gelu"], d_gy)
-            dh2, grads["in_w"], grads["in_b"] = LinearKernel.backward(contexts["fc_in"], du)
-        else:
-            dh2, grads["in_w"], grads["in_b"] = None, None, None
-        if h2_rg and dh2 is not None:
-            dx1_norm, grads["ln2_w"], grads["ln2_b"] = LayerNormKernel.backward(contexts["ln_2"], dh2)
-            if dx1_norm is not None:
-                dx1 = dx1_norm if dx1 is None else dx1 + dx1_norm
-        else:
-            grads["ln2_w"] = grads["ln2_b"] = None
+        def linear(layer: str, g_out: np.ndarray) -> np.ndarray | None:  # dx; dW and db go to grads
+            dx, dw, db = LinearKernel.backward(contexts[layer], g_out)
+            grads[f"{layer}.weight"], grads[f"{layer}.bias"] = dw, db
+            return dx
 
-        # x1 = x + o_proj(attention(...)): Add gives dx1 to both terms
-        dx = dx1 if x_rg else None
-        for name in ("o_w", "o_b", "q_w", "q_b", "k_w", "k_b", "v_w", "v_b", "pk", "pv"):
-            grads[name] = None
-        d_att, dh1 = None, None
-        if dx1 is not None:
-            d_att, grads["o_w"], grads["o_b"] = LinearKernel.backward(contexts["o_proj"], dx1)
-        if att_rg and d_att is not None:
-            d_att4 = d_att.reshape(B, S, H, hd).transpose(0, 2, 1, 3)  # (B, H, S, hd)
-            dq, dk_all, dv_all = Attention.backward(contexts["attention"], d_att4)
-            projections = {"q": (dq, q_rg), "k": (dk_all, k_rg), "v": (dv_all, v_rg)}
-            if P:
-                for key, name, shape in (("k", "pk", prefix_shapes[0]), ("v", "pv", prefix_shapes[1])):
-                    full, needed = projections[key]
-                    if full is None:
-                        continue
-                    front, rest = np.split(full, [P], axis=2)  # what ops.Concat.backward gives
-                    grads[name] = ops.unbroadcast(front, shape)
-                    projections[key] = (rest, needed)
-            for key in ("q", "k", "v"):
-                g4, needed = projections[key]
-                if g4 is None or not needed:
-                    continue
-                g3 = g4.transpose(0, 2, 1, 3).reshape(B, S, d)  # (B, S, d): the head split's backward
-                dh, grads[f"{key}_w"], grads[f"{key}_b"] = LinearKernel.backward(contexts[f"{key}_proj"], g3)
-                if dh is not None:
-                    dh1 = dh if dh1 is None else dh1 + dh
-        if h1_rg and dh1 is not None:
-            dx_norm, grads["ln1_w"], grads["ln1_b"] = LayerNormKernel.backward(contexts["ln_1"], dh1)
-            if dx_norm is not None:
-                dx = dx_norm if dx is None else dx + dx_norm
-        else:
-            grads["ln1_w"] = grads["ln1_b"] = None
-        out = [
-            dx, grads["ln1_w"], grads["ln1_b"], grads["q_w"], grads["q_b"], grads["k_w"], grads["k_b"],
-            grads["v_w"], grads["v_b"], grads["o_w"], grads["o_b"], grads["ln2_w"], grads["ln2_b"],
-            grads["in_w"], grads["in_b"], grads["out_w"], grads["out_b"],
-        ]
-        if P:
-            out += [grads["pk"], grads["pv"]]
-        return tuple(out)
+        def norm(layer: str, g_out: np.ndarray) -> np.ndarray | None:
+            dx, dw, db = LayerNormKernel.backward(contexts[layer], g_out)
+            grads[f"{layer}.weight"], grads[f"{layer}.bias"] = dw, db
+            return dx
+
+        def add(total: np.ndarray | None, more: np.ndarray | None) -> np.ndarray | None:
+            """One more contribution to a gradient, summed as Tensor.backward sums them (in arrival order)."""
+            return total if more is None else more if total is None else total + more
+
+        # y = x1 + fc_out(gelu(fc_in(LN_2(x1)))): the add hands g to both terms
+        dx1 = g if rg["x1"] else None
+        d_gelu = linear("fc_out", g)
+        if rg["u"]:
+            (du,) = GELU.backward(contexts["gelu"], d_gelu)
+            dh2 = linear("fc_in", du)
+            if rg["h2"]:
+                dx1 = add(dx1, norm("ln_2", dh2))
+        if dx1 is None:
+            return tuple(grads[name] for name in INPUTS[: len(ctx.needs_input_grad)])
+
+        # x1 = x + o_proj(attention(...)): the add hands dx1 to both terms
+        dx = dx1 if rg["x"] else None
+        d_att = linear("o_proj", dx1)
+        if rg["att"]:
+            d_att4 = d_att.reshape(B, S, H, hd).transpose(0, 2, 1, 3)  # (B, H, S, hd): undo the head merge
+            d_proj = dict(zip("qkv", Attention.backward(contexts["attention"], d_att4)))
+            for name, shape in zip("kv", prefix_shapes):  # K = [P_K; k]: split as ops.Concat does
+                if d_proj[name] is not None:
+                    front, d_proj[name] = np.split(d_proj[name], [P], axis=2)
+                    grads[f"prefix_{name}"] = ops.unbroadcast(front, shape)  # P_K was broadcast over B
+            dh1 = None
+            for name in "qkv":  # the order in which Tensor.backward reaches the three projections
+                if rg[name] and d_proj[name] is not None:
+                    g3 = d_proj[name].transpose(0, 2, 1, 3).reshape(B, S, d)  # (B, S, d): undo the head split
+                    dh1 = add(dh1, linear(f"{name}_proj", g3))
+            if rg["h1"] and dh1 is not None:
+                dx = add(dx, norm("ln_1", dh1))
+        grads["x"] = dx
+        return tuple(grads[name] for name in INPUTS[: len(ctx.needs_input_grad)])
