@@ -198,23 +198,30 @@ class GELU(Function):
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         x, s = ctx.saved
-        dx, s_ds = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype)  # (...) each, contiguous
-        x2, s2, g2, dx2, s_ds2 = _rows(x), _rows(s), _rows(g), _rows(dx), _rows(s_ds)
+        return (gelu_backward(x, s, g),)
 
-        def rows(r: slice) -> None:
-            xr, sr, d, t = x2[r], s2[r], dx2[r], s_ds2[r]
-            np.multiply(xr, xr, out=d)
-            d *= 6 * GELU_A * GELU_C
-            d += 2 * GELU_C  # 2 du/dx
-            d *= xr
-            np.subtract(1, sr, out=t)
-            t *= sr  # s (1 - s)
-            d *= t
-            d += sr
-            d *= g2[r]
 
-        parallel_for(x2.shape[0], rows, _min_rows(x2.shape[1]))
-        return (dx,)
+def gelu_backward(x: np.ndarray, s: np.ndarray, g: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """GELU's dx for x, its saved s and the incoming g (see ``GELU``), written into ``out`` (a
+    contiguous array of x's shape) when given."""
+    dx = np.empty(x.shape, x.dtype) if out is None else out  # (...), contiguous
+    s_ds = np.empty(x.shape, x.dtype)  # (...), contiguous
+    x2, s2, g2, dx2, s_ds2 = _rows(x), _rows(s), _rows(g), _rows(dx), _rows(s_ds)
+
+    def rows(r: slice) -> None:
+        xr, sr, d, t = x2[r], s2[r], dx2[r], s_ds2[r]
+        np.multiply(xr, xr, out=d)
+        d *= 6 * GELU_A * GELU_C
+        d += 2 * GELU_C  # 2 du/dx
+        d *= xr
+        np.subtract(1, sr, out=t)
+        t *= sr  # s (1 - s)
+        d *= t
+        d += sr
+        d *= g2[r]
+
+    parallel_for(x2.shape[0], rows, _min_rows(x2.shape[1]))
+    return dx
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -316,39 +323,59 @@ class LayerNorm(Function):
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
         x, mean, rstd, weight, weights_are_leaves = ctx.saved
         need_x, need_w, need_b = ctx.needs_input_grad
-        d = x.shape[-1]
-        x_hat = np.empty(x.shape, x.dtype)  # (..., d)
-        dx = np.empty(x.shape, x.dtype) if need_x else None  # (..., d)
-        x2, g2, mean2, rstd2, x_hat2 = _rows(x), _rows(g), _rows(mean), _rows(rstd), _rows(x_hat)
-        dx2 = None if dx is None else _rows(dx)
-
-        def rows(r: slice) -> None:
-            xh = x_hat2[r]
-            np.subtract(x2[r], mean2[r], out=xh)
-            xh *= rstd2[r]
-            if dx2 is None:
-                return
-            dxr = dx2[r]
-            np.multiply(g2[r], weight, out=dxr)  # gw
-            mean_gw = np.add.reduce(dxr, axis=-1, keepdims=True)  # (rows, 1)
-            mean_gw /= d
-            mean_gwx = np.vecdot(dxr, xh)[:, None]  # (rows, 1)
-            mean_gwx /= d
-            dxr -= xh * mean_gwx
-            dxr -= mean_gw
-            dxr *= rstd2[r]
-
-        parallel_for(x2.shape[0], rows, _min_rows(d))
-        dw = np.empty(d, x.dtype) if need_w else None  # (d,)
-        db = np.empty(d, x.dtype) if need_b else None  # (d,)
-        tasks = []  # the two sums over all rows, one task each
-        if dw is not None:
-            tasks.append(lambda: np.einsum("nd,nd->d", g2, x_hat2, out=dw))
-        if db is not None:
-            tasks.append(lambda: np.add.reduce(g2, axis=0, out=db))
+        x_hat, dx = layer_norm_backward(x, mean, rstd, weight, g, need_x)
+        dw, db, tasks = layer_norm_weight_grads(g, x_hat, need_w, need_b)
         # nothing reads a leaf's gradient before backward ends: then the sums may finish later
         (later if weights_are_leaves else parallel)(tasks)
         return dx, dw, db
+
+
+def layer_norm_backward(
+    x: np.ndarray, mean: np.ndarray, rstd: np.ndarray, weight: np.ndarray, g: np.ndarray, need_dx: bool,
+    out: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """LayerNorm's x_hat (recomputed from x, mean and rstd) and dx (None unless ``need_dx``), each
+    (..., d) (see ``LayerNorm``); written into ``out`` = (x_hat, dx), contiguous, when given."""
+    d = x.shape[-1]
+    x_hat, dx = out or (np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype) if need_dx else None)
+    x2, g2, mean2, rstd2, x_hat2 = _rows(x), _rows(g), _rows(mean), _rows(rstd), _rows(x_hat)
+    dx2 = None if dx is None else _rows(dx)
+
+    def rows(r: slice) -> None:
+        xh = x_hat2[r]
+        np.subtract(x2[r], mean2[r], out=xh)
+        xh *= rstd2[r]
+        if dx2 is None:
+            return
+        dxr = dx2[r]
+        np.multiply(g2[r], weight, out=dxr)  # gw
+        mean_gw = np.add.reduce(dxr, axis=-1, keepdims=True)  # (rows, 1)
+        mean_gw /= d
+        mean_gwx = np.vecdot(dxr, xh)[:, None]  # (rows, 1)
+        mean_gwx /= d
+        dxr -= xh * mean_gwx
+        dxr -= mean_gw
+        dxr *= rstd2[r]
+
+    parallel_for(x2.shape[0], rows, _min_rows(d))
+    return x_hat, dx
+
+
+def layer_norm_weight_grads(
+    g: np.ndarray, x_hat: np.ndarray, need_w: bool, need_b: bool
+) -> tuple[np.ndarray | None, np.ndarray | None, list[Callable[[], None]]]:
+    """Empty dw and db (d,) (None where not needed) and the two tasks that fill them, the sums
+    over all rows dw = sum(g * x_hat), db = sum(g), for the caller to run."""
+    g2, x_hat2 = _rows(g), _rows(x_hat)
+    d = x_hat2.shape[1]
+    dw = np.empty(d, x_hat.dtype) if need_w else None  # (d,)
+    db = np.empty(d, x_hat.dtype) if need_b else None  # (d,)
+    tasks = []
+    if dw is not None:
+        tasks.append(lambda: np.einsum("nd,nd->d", g2, x_hat2, out=dw))
+    if db is not None:
+        tasks.append(lambda: np.add.reduce(g2, axis=0, out=db))
+    return dw, db, tasks
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
@@ -548,31 +575,43 @@ class Attention(Function):
         dq = _heads_side_by_side((*batch, *q.shape[-2:]), q.dtype) if need_q else None  # (B, H, Tq, d)
         dk = _heads_side_by_side((*batch, *k.shape[-2:]), k.dtype) if need_k else None  # (B, H, Tk, d)
         dv = _heads_side_by_side((*batch, *v.shape[-2:]), v.dtype) if need_v else None  # (B, H, Tk, d)
-        B = batch[0] if len(batch) == 2 else 0
-
-        def sequences(s: slice) -> None:
-            p_s, g_s = p[s], g[s]
-            if dv is not None:
-                np.matmul(np.swapaxes(p_s, -1, -2), g_s, out=dv[s])
-            if dq is None and dk is None:
-                return
-            ds = np.matmul(g_s, np.swapaxes(_sequences(v, s, B), -1, -2))  # dP
-            ds -= np.vecdot(g_s, out[s])[..., None]  # sum(dP * P)
-            ds *= p_s  # dS
-            if empty_row_mask is not None:
-                np.copyto(ds, 0, where=~_sequences(empty_row_mask, s, B))
-            if dq is not None:
-                np.matmul(ds, _sequences(k, s, B), out=dq[s])
-                dq[s] *= scale
-            if dk is not None:
-                np.matmul(np.swapaxes(ds, -1, -2), _sequences(q, s, B), out=dk[s])
-                dk[s] *= scale
-
-        _over_sequences(sequences, batch, p.shape[-2], p.shape[-1], q.shape[-1])
+        attention_backward(q, k, v, p, out, g, empty_row_mask, scale, into=(dq, dk, dv))
         dq = None if dq is None else unbroadcast(dq, q.shape)
         dk = None if dk is None else unbroadcast(dk, k.shape)
         dv = None if dv is None else unbroadcast(dv, v.shape)
         return dq, dk, dv
+
+
+def attention_backward(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, p: np.ndarray, out: np.ndarray, g: np.ndarray,
+    empty_row_mask: np.ndarray | None, scale: float,
+    into: tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None],
+) -> None:
+    """Attention's dQ, dK, dV (see ``Attention``) written into ``into`` (None: not wanted), each
+    (B, H, T, d) over the batch of p (B, H, Tq, Tk), from what forward returned (out, P) and g."""
+    dq, dk, dv = into
+    batch = p.shape[:-2]  # (B, H)
+    B = batch[0] if len(batch) == 2 else 0
+
+    def sequences(s: slice) -> None:
+        p_s, g_s = p[s], g[s]
+        if dv is not None:
+            np.matmul(np.swapaxes(p_s, -1, -2), g_s, out=dv[s])
+        if dq is None and dk is None:
+            return
+        ds = np.matmul(g_s, np.swapaxes(_sequences(v, s, B), -1, -2))  # dP
+        ds -= np.vecdot(g_s, out[s])[..., None]  # sum(dP * P)
+        ds *= p_s  # dS
+        if empty_row_mask is not None:
+            np.copyto(ds, 0, where=~_sequences(empty_row_mask, s, B))
+        if dq is not None:
+            np.matmul(ds, _sequences(k, s, B), out=dq[s])
+            dq[s] *= scale
+        if dk is not None:
+            np.matmul(np.swapaxes(ds, -1, -2), _sequences(q, s, B), out=dk[s])
+            dk[s] *= scale
+
+    _over_sequences(sequences, batch, p.shape[-2], p.shape[-1], q.shape[-1])
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: np.ndarray | None = None) -> Tensor:

@@ -10,9 +10,18 @@ of whole sequences and runs them through the whole block, the same kernels' arit
     y  = x1 + fc_out(gelu(fc_in(LN_2(x1))))
 
 One sync per block instead of about ten, no per-step graph bookkeeping, and the residual adds run
-on every thread. Backward runs the same kernels' backward passes (``engine/fused.py``), in the
-order and with the gradient sums ``Tensor.backward`` would do for the block's nodes, so values and
-gradients equal the node-by-node path bit for bit (``tests/test_fused_block.py``).
+on every thread. The forward keeps, for every step, the context its fused kernel
+(``engine/fused.py``) would have kept. Backward takes one of two routes, both doing each kernel's
+backward arithmetic in the order, and with the gradient sums, that ``Tensor.backward`` would use
+for the block's nodes, so values and gradients equal the node-by-node path bit for bit
+(``tests/test_fused_block.py``):
+
+* weight matrices need gradients (full fine-tuning): the kernels' own ``backward`` in turn. Each
+  ``Linear`` starts its dW on a free thread as soon as it has run, which keeps the second thread
+  fed all through the walk; at the bench size this was 6% faster than the row route below.
+* no weight matrix does (BitFit, prefix, prompt): the backward mirrors the forward, each thread
+  taking its sequences back through the whole block in one job, and the few sums over all rows
+  (biases, LayerNorm weights, a prefix shared by the batch) follow as tasks.
 
 ``Block.forward`` hands itself here (``run``) when ``can_run`` says so: the fused kernels and this
 switch (``use_fused_blocks``) are on, no KV cache is read, every dropout is the identity and the
@@ -22,7 +31,7 @@ modules, the composed reference path) takes the node-by-node path.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -36,19 +45,19 @@ from ..engine.fused import (
     Attention,
     _heads_side_by_side,
     _min_rows,
+    attention_backward,
     attention_forward,
+    gelu_backward,
     gelu_forward,
+    layer_norm_backward,
     layer_norm_forward,
+    layer_norm_weight_grads,
     mask_bias,
 )
-from ..engine.fused import (
-    LayerNorm as LayerNormKernel,
-)
-from ..engine.fused import (
-    Linear as LinearKernel,
-)
+from ..engine.fused import LayerNorm as LayerNormKernel
+from ..engine.fused import Linear as LinearKernel
 from ..nn import Dropout, LayerNorm, Linear
-from ..threads import parallel_for
+from ..threads import later, parallel, parallel_for
 
 if TYPE_CHECKING:
     from .gpt import Block
@@ -246,55 +255,210 @@ class FusedBlock(Function):
             contexts["ln_1"] = norm_ctx(x2, m1, r1, ln1_w, "x", "ln_1")
         # the arrays themselves at the top too: backward's check that none was changed in place sees them
         saved = [a for c in contexts.values() if c is not None for a in c.saved if type(a) is np.ndarray]
-        ctx.save_for_backward(*saved, (contexts, rg, (B, S, d, H, hd, P), [a.shape for a in prefix]))
+        ctx.save_for_backward(*saved, (contexts, rg, (B, S, d, d_ff, H, hd, P), [a.shape for a in prefix]))
         return y.reshape(B, S, d)
 
     @staticmethod
     def backward(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
-        contexts, rg, (B, S, d, H, hd, P), prefix_shapes = ctx.saved[-1]
-        grads: dict[str, np.ndarray | None] = dict.fromkeys(INPUTS)
+        rg = ctx.saved[-1][1]
+        if any(rg[f"{layer}.weight"] for layer in LINEARS):
+            return _backward_through_kernels(ctx, g)
+        return _backward_by_rows(ctx, g)
 
-        def linear(layer: str, g_out: np.ndarray) -> np.ndarray | None:  # dx; dW and db go to grads
-            dx, dw, db = LinearKernel.backward(contexts[layer], g_out)
-            grads[f"{layer}.weight"], grads[f"{layer}.bias"] = dw, db
-            return dx
 
-        def norm(layer: str, g_out: np.ndarray) -> np.ndarray | None:
-            dx, dw, db = LayerNormKernel.backward(contexts[layer], g_out)
-            grads[f"{layer}.weight"], grads[f"{layer}.bias"] = dw, db
-            return dx
+LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc_in", "fc_out")
 
-        def add(total: np.ndarray | None, more: np.ndarray | None) -> np.ndarray | None:
-            """One more contribution to a gradient, summed as Tensor.backward sums them (in arrival order)."""
-            return total if more is None else more if total is None else total + more
 
-        # y = x1 + fc_out(gelu(fc_in(LN_2(x1)))): the add hands g to both terms
-        dx1 = g if rg["x1"] else None
-        d_gelu = linear("fc_out", g)
-        if rg["u"]:
-            (du,) = GELU.backward(contexts["gelu"], d_gelu)
-            dh2 = linear("fc_in", du)
-            if rg["h2"]:
-                dx1 = add(dx1, norm("ln_2", dh2))
-        if dx1 is None:
-            return tuple(grads[name] for name in INPUTS[: len(ctx.needs_input_grad)])
+def _backward_through_kernels(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
+    """Backward when weight matrices need gradients (full fine-tuning): each step's fused kernel
+    ``backward`` in turn, with its own jobs. A Linear's dW starts on a free thread as soon as its
+    kernel has run (``threads.later``), so the weight work is spread over the whole walk."""
+    contexts, rg, (B, S, d, _, H, hd, P), prefix_shapes = ctx.saved[-1]
+    grads: dict[str, np.ndarray | None] = dict.fromkeys(INPUTS)
 
-        # x1 = x + o_proj(attention(...)): the add hands dx1 to both terms
-        dx = dx1 if rg["x"] else None
-        d_att = linear("o_proj", dx1)
-        if rg["att"]:
-            d_att4 = d_att.reshape(B, S, H, hd).transpose(0, 2, 1, 3)  # (B, H, S, hd): undo the head merge
-            d_proj = dict(zip("qkv", Attention.backward(contexts["attention"], d_att4)))
-            for name, shape in zip("kv", prefix_shapes):  # K = [P_K; k]: split as ops.Concat does
-                if d_proj[name] is not None:
-                    front, d_proj[name] = np.split(d_proj[name], [P], axis=2)
-                    grads[f"prefix_{name}"] = ops.unbroadcast(front, shape)  # P_K was broadcast over B
-            dh1 = None
-            for name in "qkv":  # the order in which Tensor.backward reaches the three projections
-                if rg[name] and d_proj[name] is not None:
-                    g3 = d_proj[name].transpose(0, 2, 1, 3).reshape(B, S, d)  # (B, S, d): undo the head split
-                    dh1 = add(dh1, linear(f"{name}_proj", g3))
-            if rg["h1"] and dh1 is not None:
-                dx = add(dx, norm("ln_1", dh1))
-        grads["x"] = dx
+    def linear(layer: str, g_out: np.ndarray) -> np.ndarray | None:  # dx; dW and db go to grads
+        dx, dw, db = LinearKernel.backward(contexts[layer], g_out)
+        grads[f"{layer}.weight"], grads[f"{layer}.bias"] = dw, db
+        return dx
+
+    def norm(layer: str, g_out: np.ndarray) -> np.ndarray | None:
+        dx, dw, db = LayerNormKernel.backward(contexts[layer], g_out)
+        grads[f"{layer}.weight"], grads[f"{layer}.bias"] = dw, db
+        return dx
+
+    def add(total: np.ndarray | None, more: np.ndarray | None) -> np.ndarray | None:
+        """One more contribution to a gradient, summed as Tensor.backward sums them (in arrival order)."""
+        return total if more is None else more if total is None else total + more
+
+    # y = x1 + fc_out(gelu(fc_in(LN_2(x1)))): the add hands g to both terms
+    dx1 = g if rg["x1"] else None
+    d_gelu = linear("fc_out", g)
+    if rg["u"]:
+        (du,) = GELU.backward(contexts["gelu"], d_gelu)
+        dh2 = linear("fc_in", du)
+        if rg["h2"]:
+            dx1 = add(dx1, norm("ln_2", dh2))
+    if dx1 is None:
         return tuple(grads[name] for name in INPUTS[: len(ctx.needs_input_grad)])
+
+    # x1 = x + o_proj(attention(...)): the add hands dx1 to both terms
+    dx = dx1 if rg["x"] else None
+    d_att = linear("o_proj", dx1)
+    if rg["att"]:
+        d_att4 = d_att.reshape(B, S, H, hd).transpose(0, 2, 1, 3)  # (B, H, S, hd): undo the head merge
+        d_proj = dict(zip("qkv", Attention.backward(contexts["attention"], d_att4)))
+        for name, shape in zip("kv", prefix_shapes):  # K = [P_K; k]: split as ops.Concat does
+            if d_proj[name] is not None:
+                front, d_proj[name] = np.split(d_proj[name], [P], axis=2)
+                grads[f"prefix_{name}"] = ops.unbroadcast(front, shape)  # P_K was broadcast over B
+        dh1 = None
+        for name in "qkv":  # the order in which Tensor.backward reaches the three projections
+            if rg[name] and d_proj[name] is not None:
+                g3 = d_proj[name].transpose(0, 2, 1, 3).reshape(B, S, d)  # (B, S, d): undo the head split
+                dh1 = add(dh1, linear(f"{name}_proj", g3))
+        if rg["h1"] and dh1 is not None:
+            dx = add(dx, norm("ln_1", dh1))
+    grads["x"] = dx
+    return tuple(grads[name] for name in INPUTS[: len(ctx.needs_input_grad)])
+
+
+def _backward_by_rows(ctx: Context, g: np.ndarray) -> tuple[np.ndarray | None, ...]:
+    """Backward when no weight matrix needs a gradient (BitFit, prefix and prompt tuning): each
+    kernel's backward arithmetic, row by row, each thread taking a block of whole sequences back
+    through the whole block in one job; the sums over all rows (biases, LayerNorm weights, a
+    prefix shared by the batch) come after it, as tasks."""
+    contexts, rg, (B, S, d, d_ff, H, hd, P), prefix_shapes = ctx.saved[-1]
+    N, dt = B * S, g.dtype
+    g2 = g.reshape(N, d)  # (N, d)
+    saved = {name: c.saved for name, c in contexts.items() if c is not None}
+
+    def empty(shape: tuple[int, ...], needed: bool) -> np.ndarray | None:
+        return np.empty(shape, dt) if needed else None
+
+    # What the rows are read from: the arrays the forward kept (as each kernel keeps them)
+    _, gy, out_w, _ = saved["fc_out"]
+    if rg["u"]:
+        u, gs = (a.reshape(N, -1) for a in saved["gelu"])  # (N, d_ff) each
+        _, h2, in_w, _ = saved["fc_in"]
+    if rg["h2"]:
+        x1, m2, r2, ln2_w, _ = saved["ln_2"]
+        x1, m2, r2 = x1.reshape(N, d), m2.reshape(N, 1), r2.reshape(N, 1)
+    if rg["att"]:
+        _, att2, o_w, _ = saved["o_proj"]
+        q4, k_all, v_all, probs, att, empty_row_mask, scale = saved["attention"]
+        if empty_row_mask is not None and empty_row_mask.ndim == 4 and empty_row_mask.shape[0] != B:
+            empty_row_mask = np.broadcast_to(empty_row_mask, (B, *empty_row_mask.shape[1:]))
+    if rg["h1"]:
+        x2, m1, r1, ln1_w, _ = saved["ln_1"]
+        x2, m1, r1 = x2.reshape(N, d), m1.reshape(N, 1), r1.reshape(N, 1)
+
+    # What the rows are written into: every gradient a sum over all rows will read
+    du = empty(u.shape, True) if rg["u"] else None  # (N, d_ff): fc_in's output
+    dh2, x_hat2 = empty((N, d), rg["h2"]), empty((N, d), rg["h2"])  # LN_2's output and x_hat
+    dx1 = empty((N, d), rg["x1"])  # (N, d): x1's, g + LN_2's dx
+    d_heads: dict[str, np.ndarray | None] = dict.fromkeys("qkv")  # (B, H, S|Tk, hd), as fused.Attention
+    if rg["att"]:
+        for name, key, a in (("q", "q", q4), ("k", "k_all", k_all), ("v", "v_all", v_all)):
+            if rg[key]:
+                d_heads[name] = _heads_side_by_side(a.shape, dt)
+    d_proj: dict[str, np.ndarray | None] = {}  # (N, d): each projection's output (rows of d_heads)
+    for name in "qkv":
+        if rg[name]:
+            if P and name != "q":  # K's rest after the prefix: a copy, as the node path's reshape makes
+                d_proj[name] = np.empty((N, d), dt)
+            else:  # heads side by side already: a view
+                d_proj[name] = d_heads[name].transpose(0, 2, 1, 3).reshape(N, d)
+    dh1, x_hat1 = empty((N, d), rg["h1"]), empty((N, d), rg["h1"])  # LN_1's output and x_hat
+    dx = empty((N, d), rg["x"])  # (N, d): x's, dx1 + LN_1's dx
+
+    def mlp_rows(s: slice) -> None:  # y = x1 + fc_out(gelu(fc_in(LN_2(x1)))), back to dx1, for sequences s
+        r, rows = slice(s.start * S, s.stop * S), (s.stop - s.start) * S
+        if rg["u"]:
+            gelu_backward(u[r], gs[r], np.matmul(g2[r], out_w), out=du[r])  # fc_out's dx, then GELU's
+        if rg["h2"]:
+            np.matmul(du[r], in_w, out=dh2[r])  # fc_in's dx
+            dx1_norm = empty((rows, d), rg["x1"])
+            layer_norm_backward(x1[r], m2[r], r2[r], ln2_w, dh2[r], rg["x1"], out=(x_hat2[r], dx1_norm))
+            if dx1_norm is not None:
+                np.add(g2[r], dx1_norm, out=dx1[r])  # the add hands g on: g + LN_2's dx, in that order
+
+    def attention_rows(s: slice) -> None:  # x1 = x + o_proj(attention(q, K, V)), back to dx, for sequences s
+        r, rows, b = slice(s.start * S, s.stop * S), (s.stop - s.start) * S, s.stop - s.start
+        d_att = np.matmul(dx1[r], o_w).reshape(b, S, H, hd).transpose(0, 2, 1, 3)  # o_proj's dx
+        mask_s = empty_row_mask
+        if mask_s is not None and mask_s.ndim == 4:
+            mask_s = mask_s[s]
+        into = tuple(None if a is None else a[s] for a in d_heads.values())
+        attention_backward(q4[s], k_all[s], v_all[s], probs[s], att[s], d_att, mask_s, scale, into=into)
+        first = True
+        for name in "qkv":  # the order in which Tensor.backward sums the three projections' dx
+            if name not in d_proj:
+                continue
+            if P and name != "q":
+                rest = d_heads[name][s, :, P:].transpose(0, 2, 1, 3)  # (b, S, H, hd)
+                np.copyto(d_proj[name][r].reshape(b, S, H, hd), rest)
+            if not rg["h1"]:
+                continue
+            w = saved[f"{name}_proj"][2]
+            if first:
+                np.matmul(d_proj[name][r], w, out=dh1[r])
+                first = False
+            else:
+                dh1[r] += np.matmul(d_proj[name][r], w)  # (q + k) + v
+        if rg["h1"]:
+            dx_norm = empty((rows, d), rg["x"])
+            layer_norm_backward(x2[r], m1[r], r1[r], ln1_w, dh1[r], rg["x"], out=(x_hat1[r], dx_norm))
+            if dx_norm is not None:
+                np.add(dx1[r], dx_norm, out=dx[r])  # the add hands dx1 on: dx1 + LN_1's dx, in that order
+
+    # The sums over all rows, each as its kernel computes it
+    grads: dict[str, np.ndarray | None] = dict.fromkeys(INPUTS)
+    tasks: list[Callable[[], None]] = []
+    leaves = []
+
+    def weight_grads(layer: str, g_rows: np.ndarray, x_rows: np.ndarray | None) -> None:
+        """dW = g^T x and db = sum over rows of g, as fused.Linear computes them."""
+        _, need_w, need_b = contexts[layer].needs_input_grad
+        dw = empty((g_rows.shape[1], x_rows.shape[1]) if need_w else (), need_w)  # (out, in)
+        db = empty((g_rows.shape[1],), need_b)  # (out,)
+        if dw is not None:
+            tasks.append(lambda: np.matmul(g_rows.T, x_rows, out=dw))
+        if db is not None:
+            tasks.append(lambda: np.add.reduce(g_rows, axis=0, out=db))
+        grads[f"{layer}.weight"], grads[f"{layer}.bias"] = dw, db
+        leaves.append(saved[layer][-1])
+
+    def norm_grads(layer: str, g_rows: np.ndarray, x_hat: np.ndarray) -> None:
+        _, need_w, need_b = contexts[layer].needs_input_grad
+        grads[f"{layer}.weight"], grads[f"{layer}.bias"], more = layer_norm_weight_grads(
+            g_rows, x_hat, need_w, need_b
+        )
+        tasks.extend(more)
+        leaves.append(saved[layer][-1])
+
+    def sequences(s: slice) -> None:  # the whole block, backwards, for sequences s
+        mlp_rows(s)
+        if rg["att"]:
+            attention_rows(s)
+
+    per_sequence = S * (4 * d * d + 2 * d * d_ff + 2 * S * d)  # multiply-adds of one sequence
+    parallel_for(B, sequences, _min_rows(per_sequence, GEMM_PIECE))
+    weight_grads("fc_out", g2, gy)
+    if rg["u"]:
+        weight_grads("fc_in", du, h2)
+    if rg["h2"]:
+        norm_grads("ln_2", dh2, x_hat2)
+    grads["x"] = None if dx is None else dx.reshape(B, S, d)
+    if rg["x1"]:
+        weight_grads("o_proj", dx1, saved["o_proj"][1])
+    for name in d_proj:
+        weight_grads(f"{name}_proj", d_proj[name], saved[f"{name}_proj"][1])
+    if rg["h1"]:
+        norm_grads("ln_1", dh1, x_hat1)
+    for name, shape in zip("kv", prefix_shapes):  # K = [P_K; k]: P_K's part, summed over the batch
+        if rg[f"prefix_{name}"] and d_heads[name] is not None:
+            front = np.split(d_heads[name], [P], axis=2)[0]  # what ops.Concat.backward gives
+            grads[f"prefix_{name}"] = ops.unbroadcast(front, shape)
+    # nothing reads a leaf's gradient before backward ends: then the sums may finish later
+    (later if all(leaves) else parallel)(tasks)
+    return tuple(grads[name] for name in INPUTS[: len(ctx.needs_input_grad)])
