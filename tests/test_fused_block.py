@@ -157,3 +157,23 @@ def test_a_prefill_without_gradients_fills_the_same_cache():
         assert k_fused.dtype == np.float64 and k_fused.data.tobytes() == k_nodes.data.tobytes()
     for v_nodes, v_fused in zip(caches[False].values, caches[True].values):
         assert v_fused.data.tobytes() == v_nodes.data.tobytes()
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_a_block_called_directly_matches_its_own_code(with_mask):
+    """A block called on its own (no GPT around it), with a causal mask or none at all."""
+    model = tiny_model(seed=6)
+    block = model.blocks[1]
+    x = tinypft.Tensor(np.random.default_rng(7).standard_normal((3, 5, 8)), requires_grad=True, dtype=np.float64)
+    mask = np.tril(np.ones((5, 5), bool))[None, None] if with_mask else None
+    results = []
+    for fused in (False, True):
+        with fused_block.use_fused_blocks(fused):
+            out, _ = block(x, mask, need_kv=False)
+        out.backward(np.cos(out.data))
+        results.append((out.data, x.grad, block.mlp.fc_in.weight.grad))
+        x.grad = None
+        for p in block.parameters():
+            p.grad = None
+    for nodes, fused in zip(*results):
+        assert fused.tobytes() == nodes.tobytes()

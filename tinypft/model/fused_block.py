@@ -58,6 +58,7 @@ from ..engine.fused import LayerNorm as LayerNormKernel
 from ..engine.fused import Linear as LinearKernel
 from ..nn import Dropout, LayerNorm, Linear
 from ..threads import later, parallel, parallel_for
+from . import gpt  # the module, read at call time: gpt.py imports this one
 
 if TYPE_CHECKING:
     from .gpt import Block
@@ -91,6 +92,8 @@ def can_run(block: Block, past: Any, need_kv: bool) -> bool:
     if not (_enabled and fused_kernels_enabled()) or past is not None:
         return False
     attn, mlp = block.attn, block.mlp
+    if type(attn) is not gpt.CausalSelfAttention or type(mlp) is not gpt.MLP:
+        return False
     if type(block.ln_1) is not LayerNorm or type(block.ln_2) is not LayerNorm:
         return False
     for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.fc_in, mlp.fc_out):
@@ -104,7 +107,7 @@ def can_run(block: Block, past: Any, need_kv: bool) -> bool:
 
 
 def run(
-    block: Block, x: Tensor, mask: np.ndarray, kv_prefix: tuple[Tensor, Tensor] | None, need_kv: bool
+    block: Block, x: Tensor, mask: np.ndarray | None, kv_prefix: tuple[Tensor, Tensor] | None, need_kv: bool
 ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
     """``block(x, mask, kv_prefix)`` as one node: x (B, S, d) -> (y (B, S, d), (K, V) or None)."""
     attn, mlp = block.attn, block.mlp
@@ -119,7 +122,7 @@ def run(
         inputs += list(kv_prefix)
     kv: list[np.ndarray] = []
     y = FusedBlock.apply(
-        *inputs, mask=np.asarray(mask, dtype=bool), n_heads=attn.n_heads,
+        *inputs, mask=None if mask is None else np.asarray(mask, dtype=bool), n_heads=attn.n_heads,
         eps=(block.ln_1.eps, block.ln_2.eps), leaves=tuple(t.is_leaf for t in inputs), kv_out=kv,
     )
     return y, ((Tensor._wrap(kv[0]), Tensor._wrap(kv[1])) if need_kv else None)  # as they are: no copy
@@ -141,7 +144,7 @@ class FusedBlock(Function):
 
     @staticmethod
     def forward(
-        ctx: Context, x: np.ndarray, *arrays: np.ndarray, mask: np.ndarray, n_heads: int,
+        ctx: Context, x: np.ndarray, *arrays: np.ndarray, mask: np.ndarray | None, n_heads: int,
         eps: tuple[float, float], leaves: tuple[bool, ...], kv_out: list,
     ) -> np.ndarray:
         (ln1_w, ln1_b, q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b,
