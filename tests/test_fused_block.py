@@ -164,7 +164,8 @@ def test_a_block_called_directly_matches_its_own_code(with_mask):
     """A block called on its own (no GPT around it), with a causal mask or none at all."""
     model = tiny_model(seed=6)
     block = model.blocks[1]
-    x = tinypft.Tensor(np.random.default_rng(7).standard_normal((3, 5, 8)), requires_grad=True, dtype=np.float64)
+    values = np.random.default_rng(7).standard_normal((3, 5, 8))
+    x = tinypft.Tensor(values, requires_grad=True, dtype=np.float64)
     mask = np.tril(np.ones((5, 5), bool))[None, None] if with_mask else None
     results = []
     for fused in (False, True):
