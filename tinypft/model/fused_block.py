@@ -138,8 +138,9 @@ INPUTS = (  # FusedBlock's inputs, in order (the prefix's keys and values only w
 class FusedBlock(Function):
     """The pre-LayerNorm block as one node; its inputs are named by ``INPUTS``.
 
-    The forward keeps, for every step, the context its fused kernel would have kept; backward hands
-    each context to that kernel's ``backward``.
+    The forward keeps, for every step, the context its fused kernel would have kept. Backward goes
+    through the kernels' own ``backward`` when weight matrices train (``_backward_through_kernels``)
+    and row by row when none does (``_backward_by_rows``): see the module docstring.
     """
 
     @staticmethod
