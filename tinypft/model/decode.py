@@ -129,17 +129,9 @@ def _has_standard_structure(model: gpt.GPT) -> bool:
         return False
     dropouts = [model.drop]
     for block in model.blocks:
-        if type(block) is not gpt.Block:
+        if type(block) is not gpt.Block or not block.has_standard_modules():
             return False
-        attn, mlp = block.attn, block.mlp
-        if type(attn) is not gpt.CausalSelfAttention or type(mlp) is not gpt.MLP:
-            return False
-        if type(block.ln_1) is not LayerNorm or type(block.ln_2) is not LayerNorm:
-            return False
-        for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.fc_in, mlp.fc_out):
-            if type(linear) is not Linear:
-                return False
-        dropouts += [attn.resid_dropout, mlp.dropout]
+        dropouts += [block.attn.resid_dropout, block.mlp.dropout]
     return all(type(dropout) is Dropout and not dropout.training for dropout in dropouts)
 
 

@@ -56,52 +56,37 @@ from ..engine.fused import (
 )
 from ..engine.fused import LayerNorm as LayerNormKernel
 from ..engine.fused import Linear as LinearKernel
-from ..nn import Dropout, LayerNorm, Linear
 from ..threads import later, parallel, parallel_for
-from . import gpt  # the module, read at call time: gpt.py imports this one
 
 if TYPE_CHECKING:
     from .gpt import Block
 
-_enabled = True
-
-
-def set_fused_blocks(enabled: bool) -> None:
-    """Run each block as one node (the default) or node by node (``Block.forward``'s own code)."""
-    global _enabled
-    _enabled = bool(enabled)
-
-
-def fused_blocks_enabled() -> bool:
-    return _enabled
+_enabled = [True]  # the switch: use_fused_blocks
 
 
 @contextmanager
 def use_fused_blocks(enabled: bool) -> Iterator[None]:
-    """``with use_fused_blocks(False): ...`` runs the blocks node by node inside, then restores the switch."""
-    previous = _enabled
-    set_fused_blocks(enabled)
+    """``with use_fused_blocks(False): ...`` runs every block node by node (``Block.forward``'s own
+    code) inside, then restores the switch; on by default."""
+    previous, _enabled[0] = _enabled[0], bool(enabled)
     try:
         yield
     finally:
-        set_fused_blocks(previous)
+        _enabled[0] = previous
 
 
 def can_run(block: Block, past: Any, need_kv: bool) -> bool:
     """Whether ``run`` computes this call of ``block`` (see the module docstring)."""
-    if not (_enabled and fused_kernels_enabled()) or past is not None:
+    if not (_enabled[0] and fused_kernels_enabled()) or past is not None:
+        return False
+    if not block.has_standard_modules():
         return False
     attn, mlp = block.attn, block.mlp
-    if type(attn) is not gpt.CausalSelfAttention or type(mlp) is not gpt.MLP:
+    linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.fc_in, mlp.fc_out)
+    if any(linear.bias is None for linear in linears):
         return False
-    if type(block.ln_1) is not LayerNorm or type(block.ln_2) is not LayerNorm:
+    if any(dropout.training and dropout.p > 0 for dropout in (attn.resid_dropout, mlp.dropout)):
         return False
-    for linear in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.fc_in, mlp.fc_out):
-        if type(linear) is not Linear or linear.bias is None:
-            return False
-    for dropout in (attn.resid_dropout, mlp.dropout):
-        if type(dropout) is not Dropout or (dropout.training and dropout.p > 0):
-            return False
     # the keys and values are returned only as arrays: fine for a cache filled without gradients
     return not (need_kv and is_grad_enabled())
 

@@ -164,6 +164,18 @@ class Block(Module):
         self.ln_2 = LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
+    def has_standard_modules(self) -> bool:
+        """Every sub-module is of its standard class (none replaced or subclassed): the fast paths
+        that compute a block on its arrays (``fused_block``, ``decode``) require it."""
+        attn, mlp = self.attn, self.mlp
+        if type(attn) is not CausalSelfAttention or type(mlp) is not MLP:
+            return False
+        if type(self.ln_1) is not LayerNorm or type(self.ln_2) is not LayerNorm:
+            return False
+        linears = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.fc_in, mlp.fc_out)
+        dropouts = (attn.resid_dropout, mlp.dropout)
+        return all(type(m) is Linear for m in linears) and all(type(m) is Dropout for m in dropouts)
+
     def forward(
         self, x: Tensor, mask: np.ndarray, kv_prefix: KVPair | None = None, past: LayerCache | None = None,
         need_kv: bool = True,
