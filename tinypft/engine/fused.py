@@ -16,9 +16,12 @@ Each of those tests compares values and gradients on both paths and gradchecks t
 ``tinypft selftest`` gradchecks every kernel again and requires its forward values to match the
 reference to 1e-10 in float64 (its ``[fused]`` rows).
 
-The arithmetic of three forwards is also a plain function on arrays (``gelu_forward``,
-``layer_norm_forward``, ``attention_forward``): the fast cached decoding step (``model/decode.py``)
-runs them without autograd, and ``tests/test_fast_decode.py`` checks it against the general path.
+The arithmetic of three kernels is also a set of plain functions on arrays, which can write into
+given arrays: ``gelu_forward`` and ``gelu_backward``, ``layer_norm_forward``, ``layer_norm_backward``
+and ``layer_norm_weight_grads``, ``attention_forward`` and ``attention_backward``. The kernels call
+them; so do the fast cached decoding step (``model/decode.py``, without autograd; checked by
+``tests/test_fast_decode.py``) and the transformer block as one node (``model/fused_block.py``,
+which runs them on each thread's rows; checked by ``tests/test_fused_block.py``).
 
 The composed versions record one graph node per primitive and allocate a fresh array at every
 step. Here each kernel is one node whose backward is derived by hand (the math is in each
